@@ -1,0 +1,43 @@
+"""ellbench: robustness and efficiency benchmarks for Elliptical Attention and the vision transformers it is compared with.
+
+Importing ellbench registers its models with timm (``timm.create_model('elliptical_tiny_patch16_224')``).
+The registration happens as soon as timm is imported too, so ``import ellbench`` stays cheap for the CLI:
+if timm is already imported, the models register now; otherwise they register right after ``import timm``.
+"""
+
+import importlib.abc
+import importlib.machinery
+import sys
+
+__version__ = "0.1.0"
+
+
+def _register_models() -> None:
+    import ellbench.models  # noqa: F401  (its @register_model decorators fill timm's registry)
+
+
+class _RegisterAfterTimm(importlib.abc.MetaPathFinder):
+    """Import hook: once `timm` has executed, import ellbench.models so its registrations exist."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "timm":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        original_exec = loader.exec_module
+
+        def exec_then_register(module):
+            original_exec(module)
+            _register_models()
+
+        loader.exec_module = exec_then_register
+        return spec
+
+
+if "timm" in sys.modules:
+    _register_models()
+else:
+    sys.meta_path.insert(0, _RegisterAfterTimm())
