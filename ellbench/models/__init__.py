@@ -7,4 +7,4 @@ Naming scheme (the family is the first word of the name):
   kde_*, rkde_*, mom_*  DeiT with KDE, robust-KDE and median-of-means attention (Han et al.)
 """
 
-from ellbench.models import elliptical, kde, rvt  # noqa: F401  (registration side effects)
+from ellbench.models import elliptical, kde, rvt, vit  # noqa: F401  (registration side effects)
