@@ -1,0 +1,3 @@
+from ellbench.cli import main
+
+main()

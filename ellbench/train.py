@@ -1,0 +1,219 @@
+"""Small-image training for the demo and the Fashion-MNIST study (not an ImageNet trainer).
+
+Every family gets the same budget: same epochs, batch size, optimiser (AdamW), schedule (linear warm-up then
+cosine), label smoothing and augmentation. A run is resumable: after every epoch the model, optimiser, schedule
+and RNG states go to `<checkpoint>.state.pt`; the final weights go to a `.safetensors` file with a JSON sidecar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ellbench import __version__
+from ellbench.errors import EllbenchError
+
+AUGMENTATIONS = ("none", "crop", "crop-flip")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (and so its checkpoint)."""
+
+    model: str
+    dataset: str = "digits"
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    augment: str = "crop"
+    seed: int = 0
+    limit: int | None = None
+
+    def validate(self) -> None:
+        if self.epochs <= 0:
+            raise EllbenchError(f"--epochs must be positive, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise EllbenchError(f"--batch-size must be positive, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise EllbenchError(f"--lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 <= self.label_smoothing < 1:
+            raise EllbenchError("--weight-decay and --warmup-epochs must be >= 0 and --label-smoothing in [0, 1)")
+        if self.augment not in AUGMENTATIONS:
+            raise EllbenchError(f"unknown augmentation {self.augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
+
+
+def model_kwargs_for(model: str, image_size: int, num_classes: int) -> dict:
+    """Constructor settings that fit a small-image model to a data set (patch 2 below 16 px, else 4)."""
+    kwargs = {"img_size": image_size, "num_classes": num_classes}
+    if "patch" in model:
+        kwargs["patch_size"] = 2 if image_size <= 16 else 4
+    return kwargs
+
+
+def checkpoint_path(out_dir: Path, config: TrainConfig) -> Path:
+    return Path(out_dir) / f"{config.model}-{config.dataset}-seed{config.seed}.safetensors"
+
+
+def _augment(images: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """Random shifts by up to 1/8 of the side (zero padding) and, for 'crop-flip', horizontal flips."""
+    if kind == "none":
+        return images
+    b, _, h, w = images.shape
+    pad = max(1, h // 8)
+    padded = F.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(b, images.shape[1], h, w + 2 * pad)
+    shifted = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(b, images.shape[1], h, w)
+    shifted = shifted.gather(3, cols)
+    if kind == "crop-flip":
+        flip = torch.rand(b, generator=generator) < 0.5
+        shifted = torch.where(flip[:, None, None, None], shifted.flip(3), shifted)
+    return shifted
+
+
+def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = None, progress: bool = True,
+          device: str = "cpu") -> dict:
+    """Train one model (or resume, or reuse a finished checkpoint); return the sidecar record of the result."""
+    from safetensors.torch import save_file
+
+    from ellbench.data import open_dataset
+    from ellbench.models.factory import build_model
+    from ellbench.store import ensure_writable_dir
+
+    config.validate()
+    out = ensure_writable_dir(out_dir)
+    final = checkpoint_path(out, config)
+    sidecar = final.with_suffix(".json")
+    settings = dataclasses.asdict(config)
+    if final.is_file() and sidecar.is_file():
+        record = json.loads(sidecar.read_text())
+        if record.get("train") == settings:
+            record["reused"] = True
+            return record
+
+    train_set = open_dataset(config.dataset, "train", root=data_root, limit=config.limit)
+    model_kwargs = model_kwargs_for(config.model, train_set.image_size, train_set.num_classes)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, seed=config.seed, **model_kwargs).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, warmup_steps, total_steps))
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict] = []
+    start_epoch = 0
+
+    state_file = final.with_suffix(".state.pt")
+    if state_file.is_file():
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        if state.get("train") == json.dumps(settings, sort_keys=True):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            history = json.loads(state["history"])
+            start_epoch = int(state["epoch"])
+
+    bar = _EpochBar(progress, f"train {config.model}", config.epochs * steps_per_epoch,
+                    start_epoch * steps_per_epoch)
+    with bar:
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            order = torch.randperm(len(train_set), generator=generator)
+            loss_sum, correct, seen = 0.0, 0, 0
+            for start in range(0, len(train_set), config.batch_size):
+                images, labels = train_set.get_batch(order[start:start + config.batch_size])
+                images = _augment(images, config.augment, generator).to(device)
+                labels = labels.to(device)
+                logits = model(images)
+                loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise EllbenchError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                loss_sum += loss.item() * len(labels)
+                correct += int((logits.argmax(1) == labels).sum())
+                seen += len(labels)
+                bar.advance(f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f}")
+            history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen})
+            _atomic_torch_save({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": json.dumps(history), "epoch": epoch + 1, "train": json.dumps(settings, sort_keys=True),
+            }, state_file)
+
+    record = {
+        "model": config.model, "model_kwargs": model_kwargs, "dataset": train_set.fingerprint,
+        "train": settings, "history": history, "ellbench": __version__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.model.state_dict().items()}
+    tmp = final.with_suffix(".safetensors.tmp")
+    save_file(tensors, str(tmp), metadata={"model": config.model})
+    os.replace(tmp, final)
+    _atomic_write_text(sidecar, json.dumps(record, indent=2))
+    state_file.unlink(missing_ok=True)
+    record["checkpoint"] = str(final)
+    return record
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _EpochBar:
+    def __init__(self, enabled: bool, description: str, total: int, completed: int):
+        self.enabled = enabled
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                     console=Console(stderr=True))
+            self.task = self.progress.add_task(description, total=total, completed=completed, info="")
+
+    def __enter__(self):
+        if self.enabled:
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.progress.__exit__(*exc)
+        return False
+
+    def advance(self, info: str) -> None:
+        if self.enabled:
+            self.progress.update(self.task, advance=1, info=info)
