@@ -1,0 +1,465 @@
+"""Efficiency profiling: throughput, latency, peak memory, FLOPs and parameters of one model.
+
+Timing follows timm's benchmark.py: random input made once, inference under ``torch.inference_mode`` (and
+autocast when AMP is on), warm-up steps, then timed steps whose clock stops after a device synchronisation.
+On top of timm it repeats the timed run and reports median and spread, times batch-1 latency call by call
+(median and p90), and measures peak memory:
+  - CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus what was allocated before
+    the model was moved to the GPU;
+  - CPU: peak resident memory (VmHWM) of a fresh child process (``python -m ellbench.profile``) minus its RSS
+    after imports, so the imports of one model never inflate the figure of the next.
+Both therefore cover weights + input + activations of one forward pass at the profiled batch size.
+
+FLOPs are counted with ``torch.utils.flop_counter`` on one image in float32 on the CPU. Torch's counter gives
+the CPU fused attention kernel 0 FLOPs (pytorch issue #195460) while it counts explicit matmuls, which would bias
+any comparison against attentions that cannot use the fused kernel (Elliptical, RKDE, MoM). We register the
+two-matmul count for the fused kernels, so fused and explicit attention count identically (see ATTENTION_COUNTING).
+"""
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import timm
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import ellbench
+from ellbench.errors import EllbenchError
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+ATTENTION_COUNTING = (
+    "FLOPs = 2 x multiply-accumulates of matmul/linear/conv ops (torch.utils.flop_counter), forward pass, per image; "
+    "attention counts its two matmuls QK^T and AV (2*N*N*D_h FLOPs each per head) whether it runs fused "
+    "(scaled_dot_product_attention) or as explicit matmuls; softmax, scaling, norms and activations are not counted"
+)
+
+MIB = 2**20
+
+
+# ----------------------------------------------------------------------------------------------- FLOPs and params
+
+
+def _fused_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of softmax(Q K^T) V as two batched matmuls: [B,H,Nq,D] x [B,H,D,Nk] and [B,H,Nq,Nk] x [B,H,Nk,Dv]."""
+    batch, heads, query_len, head_dim = query_shape
+    key_len, value_dim = key_shape[-2], value_shape[-1]
+    return 2 * batch * heads * query_len * key_len * (head_dim + value_dim)
+
+
+def _fused_attention_ops() -> list:
+    """Fused attention kernels that torch's flop counter leaves at 0 (the CUDA ones are registered already)."""
+    names = ["_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable"]
+    return [getattr(torch.ops.aten, name) for name in names if hasattr(torch.ops.aten, name)]
+
+
+def count_flops(model: nn.Module, images: torch.Tensor) -> tuple[int, dict[str, int]]:
+    """Forward FLOPs of `model` on `images` and their split by operator, attention counted as in ATTENTION_COUNTING."""
+    custom_mapping = {op: _fused_attention_flops for op in _fused_attention_ops()}
+    counter = FlopCounterMode(display=False, custom_mapping=custom_mapping)
+    with torch.inference_mode(), counter:
+        model(images)
+    by_op = {str(op).removeprefix("aten."): int(flops) for op, flops in counter.get_flop_counts()["Global"].items()}
+    return int(counter.get_total_flops()), by_op
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (shared tensors counted once, as nn.Module.parameters() yields them)."""
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ fused attention
+
+
+def set_fused_attention(model: nn.Module, enabled: bool) -> int:
+    """Switch timm's fused attention (module attribute `fused_attn`) on or off; returns how many modules have it."""
+    modules = [module for module in model.modules() if hasattr(module, "fused_attn")]
+    for module in modules:
+        module.fused_attn = enabled
+    return len(modules)
+
+
+def fused_attention_state(model: nn.Module) -> str:
+    """'on', 'off' or 'mixed' from the modules' `fused_attn` flags; 'n/a' when no module has one."""
+    flags = {bool(module.fused_attn) for module in model.modules() if hasattr(module, "fused_attn")}
+    if not flags:
+        return "n/a"
+    if len(flags) == 2:
+        return "mixed"
+    return "on" if flags.pop() else "off"
+
+
+# ----------------------------------------------------------------------------------------------------- settings
+
+
+def resolve_device(device: str) -> torch.device:
+    """Parse 'cpu', 'cuda' or 'cuda:N'; a CUDA device without a usable GPU is a user error."""
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise EllbenchError(f"unknown device '{device}' (use cpu, cuda or cuda:N)") from error
+    if resolved.type not in ("cpu", "cuda"):
+        raise EllbenchError(f"unsupported device '{device}' (use cpu, cuda or cuda:N)")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EllbenchError(f"--device {device} was requested but no CUDA GPU is available on this machine")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise EllbenchError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return resolved
+
+
+def _check_settings(name, batch_size, img_size, amp, threads, repeats, warmup, steps, latency_steps) -> None:
+    if not timm.is_model(name):
+        raise EllbenchError(f"unknown model '{name}' (`ellbench models` lists them)")
+    if amp not in AMP_DTYPES:
+        raise EllbenchError(f"unknown --amp '{amp}' (use one of: {', '.join(AMP_DTYPES)})")
+    positive = {"batch size": batch_size, "repeats": repeats, "steps": steps, "latency steps": latency_steps}
+    if img_size is not None:
+        positive["image size"] = img_size
+    if threads is not None:
+        positive["threads"] = threads
+    for label, value in positive.items():
+        if value < 1:
+            raise EllbenchError(f"{label} must be at least 1, got {value}")
+    if warmup < 0:
+        raise EllbenchError(f"warm-up steps must be 0 or more, got {warmup}")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with `threads` intra-op threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _autocast(device: torch.device, amp: str):
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable name of the GPU or CPU that runs the profile."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+
+
+def build_profiled_model(name: str, *, img_size: int | None = None, checkpoint=None, seed: int = 0) -> nn.Module:
+    """The raw timm network of `name` in eval mode (normalisation wrapper left out, as timm's benchmark does)."""
+    try:
+        from ellbench.models.factory import build_model
+    except ModuleNotFoundError:
+        build_model = None
+    if build_model is not None:
+        return build_model(name, img_size=img_size, checkpoint=checkpoint, seed=seed).model.eval()
+    if checkpoint is not None:
+        raise EllbenchError("--checkpoint needs ellbench.models.factory, which this installation does not have")
+    kwargs = {} if img_size is None else {"img_size": img_size}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return timm.create_model(name, **kwargs).eval()
+
+
+def model_image_size(model: nn.Module, img_size: int | None) -> int:
+    """The square input side the profile uses: the requested one, else the model's configured input size."""
+    if img_size is not None:
+        return img_size
+    return int(timm.data.resolve_model_data_config(model)["input_size"][-1])
+
+
+def random_images(batch_size: int, img_size: int, seed: int) -> torch.Tensor:
+    """Uniform [0, 1] images [B,3,S,S] from a seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch_size, 3, img_size, img_size, generator=generator)
+
+
+# ------------------------------------------------------------------------------------------------------- timing
+
+
+def measure_throughput(
+    model: Callable, images: torch.Tensor, *, warmup: int = 10, steps: int = 40, repeats: int = 3, amp: str = "off"
+) -> dict:
+    """Images per second at the batch size of `images`, like timm's benchmark, repeated `repeats` times.
+
+    Each repeat times `steps` forward passes between two synchronised clock readings; the warm-up runs once.
+    """
+    device = images.device
+    synchronize = _synchronizer(device)
+    batch_size = images.shape[0]
+    runs = []
+    with torch.inference_mode(), _autocast(device, amp):
+        for _ in range(warmup):
+            model(images)
+        for _ in range(repeats):
+            synchronize()
+            start = time.perf_counter()
+            for _ in range(steps):
+                model(images)
+            synchronize()
+            runs.append(steps * batch_size / (time.perf_counter() - start))
+    median = statistics.median(runs)
+    return {
+        "throughput_img_s": median,
+        "throughput_min_img_s": min(runs),
+        "throughput_max_img_s": max(runs),
+        "throughput_spread_pct": 100.0 * (max(runs) - min(runs)) / median,
+        "throughput_runs_img_s": runs,
+        "step_time_ms": 1000.0 * batch_size / median,
+    }
+
+
+def measure_latency(model: Callable, image: torch.Tensor, *, warmup: int = 10, steps: int = 50, amp: str = "off"):
+    """Milliseconds per call at batch 1, each call timed on its own after a synchronisation: median and p90."""
+    device = image.device
+    synchronize = _synchronizer(device)
+    times_ms = []
+    with torch.inference_mode(), _autocast(device, amp):
+        for _ in range(warmup):
+            model(image)
+        for _ in range(steps):
+            synchronize()
+            start = time.perf_counter()
+            model(image)
+            synchronize()
+            times_ms.append(1000.0 * (time.perf_counter() - start))
+    p90 = statistics.quantiles(times_ms, n=10, method="inclusive")[-1] if len(times_ms) > 1 else times_ms[0]
+    return {"latency_ms_median": statistics.median(times_ms), "latency_ms_p90": p90, "latency_steps": len(times_ms)}
+
+
+# ------------------------------------------------------------------------------------------------------- memory
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def _resident_bytes() -> int:
+    resident = _proc_status_bytes("VmRSS")
+    return resident if resident is not None else _peak_resident_bytes()
+
+
+def _peak_resident_bytes() -> int:
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return max_rss if sys.platform == "darwin" else max_rss * 1024
+
+
+def _reset_peak_resident() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux /proc/self/clear_refs); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _load_kernels(device: torch.device, amp: str) -> None:
+    """Run the op kinds of a vision transformer on tiny tensors so their library code is resident before the baseline."""
+    x = torch.rand(2, 3, 16, 16, device=device)
+    weight = torch.rand(8, 3, 4, 4, device=device)
+    with torch.inference_mode(), _autocast(device, amp):
+        tokens = nn.functional.conv2d(x, weight, stride=4).flatten(2).transpose(1, 2)  # [2,16,8]
+        tokens = nn.functional.layer_norm(tokens, (8,))
+        tokens = nn.functional.gelu(nn.functional.linear(tokens, torch.rand(8, 8, device=device)))
+        heads = tokens.reshape(2, 16, 2, 4).transpose(1, 2)  # [2,2,16,4]
+        nn.functional.scaled_dot_product_attention(heads, heads, heads)
+        (heads @ heads.transpose(-2, -1)).softmax(-1) @ heads
+
+
+def measure_cpu_memory_here(settings: dict) -> dict:
+    """Peak RSS of this process over building the model and two forward passes, minus the RSS after imports.
+
+    Meant to run in a fresh process (see measure_cpu_memory); `settings` holds the profile_model arguments.
+    """
+    device = torch.device("cpu")
+    with torch_threads(settings["threads"]):
+        _load_kernels(device, settings["amp"])
+        gc.collect()
+        baseline = _resident_bytes()
+        model = build_profiled_model(
+            settings["name"], img_size=settings["img_size"], checkpoint=settings["checkpoint"], seed=settings["seed"]
+        )
+        if settings["fused_attn"] is not None:
+            set_fused_attention(model, settings["fused_attn"])
+        images = random_images(settings["batch_size"], model_image_size(model, settings["img_size"]), settings["seed"])
+        model_bytes = _resident_bytes() - baseline
+        forward = torch.compile(model) if settings["compile"] else model
+        # Building the model can leave a transient peak (initialisers); what we want is the forward pass's.
+        peak_was_reset = _reset_peak_resident()
+        with torch.inference_mode(), _autocast(device, settings["amp"]):
+            for _ in range(2):
+                forward(images)
+        peak = _peak_resident_bytes()
+    method = "peak RSS (VmHWM) of a fresh child process minus its RSS after imports"
+    if not peak_was_reset:
+        method += "; the peak could not be reset after building, so it may include initialisation"
+    return {"peak_memory_mib": (peak - baseline) / MIB, "model_memory_mib": model_bytes / MIB, "memory_method": method}
+
+
+def measure_cpu_memory(settings: dict, timeout_s: float = 1800.0) -> dict:
+    """Run measure_cpu_memory_here in a fresh `python -m ellbench.profile --memory-child` process."""
+    command = [sys.executable, "-m", "ellbench.profile", "--memory-child", json.dumps(settings)]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    try:
+        finished = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout_s, env=environment, check=False
+        )
+    except subprocess.TimeoutExpired as error:
+        raise EllbenchError(f"memory measurement of {settings['name']} took more than {timeout_s:.0f} s") from error
+    if finished.returncode != 0:
+        last_line = (finished.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise EllbenchError(f"memory measurement of {settings['name']} failed: {last_line}")
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def measure_cuda_memory(model: Callable, images: torch.Tensor, allocated_before_model: int, amp: str) -> dict:
+    """Peak CUDA memory of one forward pass: max_memory_allocated after a reset, minus what preceded the model."""
+    device = images.device
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode(), _autocast(device, amp):
+        model(images)
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    return {
+        "peak_memory_mib": (peak - allocated_before_model) / MIB,
+        "memory_method": "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus allocations before "
+        "the model moved to the GPU",
+    }
+
+
+# ------------------------------------------------------------------------------------------------ the one entry
+
+
+def profile_model(
+    name: str,
+    *,
+    batch_size: int = 64,
+    img_size: int | None = None,
+    device: str = "cpu",
+    amp: str = "off",
+    compile: bool = False,
+    threads: int | None = None,
+    repeats: int = 3,
+    warmup: int = 10,
+    steps: int = 40,
+    latency_steps: int = 50,
+    fused_attn: bool | None = None,
+    measure_memory: bool = True,
+    checkpoint=None,
+    seed: int = 0,
+) -> dict:
+    """Profile one registered model: throughput at `batch_size`, batch-1 latency, peak memory, FLOPs, parameters.
+
+    `fused_attn` None keeps each model's own setting (timm's default is fused); True/False forces it where a
+    module has timm's `fused_attn` flag. The returned dict is flat and JSON-able, with every setting recorded.
+    """
+    _check_settings(name, batch_size, img_size, amp, threads, repeats, warmup, steps, latency_steps)
+    torch_device = resolve_device(device)
+    with torch_threads(threads):
+        model = build_profiled_model(name, img_size=img_size, checkpoint=checkpoint, seed=seed)
+        if fused_attn is not None:
+            set_fused_attention(model, fused_attn)
+        side = model_image_size(model, img_size)
+        flops, flops_by_op = count_flops(model, random_images(1, side, seed))
+        result = {
+            "model": name,
+            "family": name.split("_")[0],
+            "device": str(torch_device),
+            "device_name": device_name(torch_device),
+            "amp": amp,
+            "dtype": "float32" if amp == "off" else f"float32 weights, {amp} autocast",
+            "compile": compile,
+            "threads": torch.get_num_threads(),
+            "batch_size": batch_size,
+            "img_size": side,
+            "fused_attention": fused_attention_state(model),
+            "params": count_parameters(model),
+            "flops_per_image": flops,
+            "gflops_per_image": flops / 1e9,
+            "gmacs_per_image": flops / 2e9,
+            "flops_by_op": flops_by_op,
+            "flops_counting": ATTENTION_COUNTING,
+            "warmup": warmup,
+            "steps": steps,
+            "repeats": repeats,
+            "seed": seed,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if torch_device.type == "cuda" else None,
+            "torch_version": torch.__version__,
+            "timm_version": timm.__version__,
+            "ellbench_version": ellbench.__version__,
+        }
+        allocated_before_model = torch.cuda.memory_allocated(torch_device) if torch_device.type == "cuda" else 0
+        model = model.to(torch_device)
+        forward = torch.compile(model) if compile else model
+        images = random_images(batch_size, side, seed).to(torch_device)
+        result |= measure_throughput(forward, images, warmup=warmup, steps=steps, repeats=repeats, amp=amp)
+        result |= measure_latency(forward, images[:1], warmup=warmup, steps=latency_steps, amp=amp)
+        if measure_memory and torch_device.type == "cuda":
+            result |= measure_cuda_memory(forward, images, allocated_before_model, amp)
+        del forward, model, images
+        gc.collect()
+        if torch_device.type == "cuda":
+            torch.cuda.empty_cache()
+    if measure_memory and torch_device.type == "cpu":
+        child_settings = {
+            "name": name, "batch_size": batch_size, "img_size": img_size, "amp": amp, "compile": compile,
+            "threads": result["threads"], "fused_attn": fused_attn, "seed": seed,
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+        }  # fmt: skip
+        result |= measure_cpu_memory(child_settings)
+    return result
+
+
+# ----------------------------------------------------------------------------------------- python -m entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry of the memory child: `python -m ellbench.profile --memory-child '<settings JSON>'` prints one JSON line."""
+    parser = argparse.ArgumentParser(prog="python -m ellbench.profile", description=main.__doc__)
+    parser.add_argument("--memory-child", required=True, metavar="JSON", help="profile_model settings as JSON")
+    arguments = parser.parse_args(argv)
+    print(json.dumps(measure_cpu_memory_here(json.loads(arguments.memory_child))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
