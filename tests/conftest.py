@@ -1,0 +1,39 @@
+"""Shared test fixtures: an offline environment and a way to run the real `ellbench` console script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Never let timm wait on the hub; set before any test imports timm.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def ellbench_command() -> list[str]:
+    """The installed console script next to this interpreter, or `python -m ellbench` when there is none."""
+    script = Path(sys.executable).with_name("ellbench")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "ellbench"]
+
+
+@pytest.fixture
+def subprocess_env(tmp_path) -> dict:
+    """Environment for child processes: offline, one thread each (the test machine is shared), outputs in tmp_path."""
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", ELLBENCH_OUT=str(tmp_path / "default-out"),
+               PYTHONUNBUFFERED="1", COLUMNS="200")
+    return env
+
+
+@pytest.fixture
+def run_ellbench(subprocess_env, tmp_path):
+    """Run `ellbench ARGS...` in a subprocess (cwd tmp_path); returns the CompletedProcess with text output."""
+
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([*ellbench_command(), *args], capture_output=True, text=True, env=subprocess_env,
+                              cwd=tmp_path, timeout=timeout, check=False)
+
+    return run
