@@ -292,7 +292,7 @@ def _reset_peak_resident() -> bool:
 
 
 def _load_kernels(device: torch.device, amp: str) -> None:
-    """Run the op kinds of a vision transformer on tiny tensors so their library code is resident before the baseline."""
+    """Run the op kinds of a vision transformer on tiny tensors, so their library code is resident at the baseline."""
     x = torch.rand(2, 3, 16, 16, device=device)
     weight = torch.rand(8, 3, 4, 4, device=device)
     with torch.inference_mode(), _autocast(device, amp):

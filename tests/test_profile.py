@@ -1,0 +1,159 @@
+"""Tests of ellbench.profile against analytic counts, a hand parameter count and known sleep times."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+import timm
+import torch
+from timm.layers import Attention
+from torch import nn
+
+from ellbench import profile
+from ellbench.errors import EllbenchError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+MIB = 2**20
+
+
+def deit_macs(img_size: int, patch: int = 16, dim: int = 192, depth: int = 12, classes: int = 1000) -> int:
+    """Multiply-accumulates of a DeiT forward pass on one image, written out layer by layer."""
+    patches = (img_size // patch) ** 2
+    tokens = patches + 1  # + CLS
+    patch_embed = patches * dim * 3 * patch * patch
+    linears = tokens * (dim * 3 * dim + dim * dim + dim * 4 * dim + 4 * dim * dim)  # qkv, proj, fc1, fc2
+    attention = 2 * tokens * tokens * dim  # QK^T and AV summed over heads
+    return patch_embed + depth * (linears + attention) + dim * classes
+
+
+def deit_tiny_params() -> int:
+    """Parameters of DeiT-Tiny counted by hand from its layer shapes."""
+    dim, hidden = 192, 768
+    patch_embed = 3 * 16 * 16 * dim + dim
+    tokens = dim + 197 * dim  # CLS + position embedding
+    norms = 2 * (2 * dim)
+    block = norms + (dim * 3 * dim + 3 * dim) + (dim * dim + dim) + (dim * hidden + hidden) + (hidden * dim + dim)
+    return patch_embed + tokens + 12 * block + 2 * dim + dim * 1000 + 1000
+
+
+def test_linear_toy_flops_equal_two_times_macs():
+    layer = nn.Linear(7, 5)
+    flops, by_op = profile.count_flops(layer, torch.rand(3, 7))
+    assert flops == 2 * 3 * 7 * 5
+    assert by_op == {"addmm": 2 * 3 * 7 * 5}
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_attention_toy_flops_equal_formula_fused_or_explicit(fused):
+    batch, tokens, dim, heads = 2, 10, 32, 4
+    attention = Attention(dim, num_heads=heads).eval()
+    attention.fused_attn = fused
+    flops, by_op = profile.count_flops(attention, torch.rand(batch, tokens, dim))
+    projections = 2 * batch * tokens * dim * (3 * dim + dim)
+    scores_and_mixing = 2 * 2 * batch * tokens * tokens * dim
+    assert flops == projections + scores_and_mixing
+    assert by_op.get("mm", 0) + by_op.get("addmm", 0) == projections  # qkv has no bias (mm), proj has (addmm)
+
+
+def test_deit_tiny_flops_match_analytic_count_with_and_without_fused_attention():
+    model = timm.create_model("deit_tiny_patch16_224").eval()
+    image = torch.rand(1, 3, 224, 224)
+    expected = 2 * deit_macs(224)
+    assert profile.set_fused_attention(model, True) == 12
+    fused_flops, fused_ops = profile.count_flops(model, image)
+    profile.set_fused_attention(model, False)
+    explicit_flops, explicit_ops = profile.count_flops(model, image)
+    assert abs(fused_flops - expected) <= 0.02 * expected
+    assert fused_flops == explicit_flops
+    assert "bmm" in explicit_ops and "bmm" not in fused_ops  # the two runs really took different attention paths
+    assert round(expected / 2e9, 2) == 1.25  # timm's benchmark CSVs list 1.26 GMACs (fvcore adds norms etc.)
+
+
+def test_parameters_equal_hand_count_and_sum_of_numel():
+    model = timm.create_model("deit_tiny_patch16_224")
+    assert profile.count_parameters(model) == deit_tiny_params() == 5_717_416
+    state = model.state_dict()
+    assert profile.count_parameters(model) == sum(tensor.numel() for tensor in state.values())
+
+
+class Sleeper(nn.Module):
+    """A 'model' whose forward sleeps for the next duration of a fixed cycle."""
+
+    def __init__(self, durations_s):
+        super().__init__()
+        self.durations_s = list(durations_s)
+        self.calls = 0
+
+    def forward(self, x):
+        time.sleep(self.durations_s[self.calls % len(self.durations_s)])
+        self.calls += 1
+        return x
+
+
+def test_throughput_matches_known_step_time():
+    images = torch.rand(4, 3, 8, 8)
+    result = profile.measure_throughput(Sleeper([0.02]), images, warmup=1, steps=3, repeats=2)
+    assert 4 / 0.02 * 0.7 < result["throughput_img_s"] <= 4 / 0.02 * 1.01  # sleep only ever overshoots
+    assert len(result["throughput_runs_img_s"]) == 2
+    assert result["throughput_min_img_s"] <= result["throughput_img_s"] <= result["throughput_max_img_s"]
+    assert result["step_time_ms"] == pytest.approx(1000 * 4 / result["throughput_img_s"])
+
+
+def test_latency_median_and_p90_match_numpy_on_known_durations():
+    durations_ms = [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+    model = Sleeper([d / 1000 for d in durations_ms])
+    result = profile.measure_latency(model, torch.rand(1, 3, 8, 8), warmup=0, steps=10)
+    assert result["latency_steps"] == 10
+    assert np.median(durations_ms) <= result["latency_ms_median"] < np.median(durations_ms) + 8
+    assert np.percentile(durations_ms, 90) <= result["latency_ms_p90"] < np.percentile(durations_ms, 90) + 8
+
+
+def test_cpu_peak_memory_grows_with_batch_size_in_fresh_children():
+    settings = dict(name="deit_tiny_patch16_224", img_size=None, amp="off", compile=False, threads=1,
+                    fused_attn=None, seed=0, checkpoint=None)  # fmt: skip
+    one = profile.measure_cpu_memory({**settings, "batch_size": 1})
+    sixteen = profile.measure_cpu_memory({**settings, "batch_size": 16})
+    weights_mib = 5_717_416 * 4 / MIB
+    # Batch 16 holds 15 more input images and 15 more MLP hidden activations [197, 768] at its peak, at the least.
+    extra_mib = 15 * (3 * 224 * 224 + 197 * 768) * 4 / MIB
+    assert one["model_memory_mib"] >= weights_mib
+    assert one["peak_memory_mib"] >= weights_mib
+    assert sixteen["peak_memory_mib"] - one["peak_memory_mib"] >= extra_mib
+
+
+def test_profile_model_records_settings_and_counts(monkeypatch):
+    threads_before = torch.get_num_threads()
+    result = profile.profile_model(
+        "deit_tiny_patch16_224", batch_size=2, img_size=32, threads=1, repeats=2, warmup=1, steps=2,
+        latency_steps=3, fused_attn=False, measure_memory=False,
+    )  # fmt: skip
+    assert torch.get_num_threads() == threads_before
+    assert (result["threads"], result["img_size"], result["batch_size"]) == (1, 32, 2)
+    assert result["fused_attention"] == "off"
+    assert result["flops_per_image"] == 2 * deit_macs(32)
+    assert result["params"] == deit_tiny_params() - (197 - 5) * 192  # position embedding shrinks to 4 patches + CLS
+    assert result["throughput_img_s"] > 0 and result["latency_ms_p90"] >= result["latency_ms_median"] * 0.5
+    assert result["device"] == "cpu" and "attention" in result["flops_counting"]
+
+
+def test_cuda_without_gpu_is_a_one_line_user_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(EllbenchError) as error:
+        profile.profile_model("deit_tiny_patch16_224", device="cuda", measure_memory=False)
+    assert "no CUDA GPU" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(name="no_such_model"), "unknown model"),
+        (dict(name="deit_tiny_patch16_224", amp="fp8"), "unknown --amp"),
+        (dict(name="deit_tiny_patch16_224", batch_size=0), "batch size"),
+        (dict(name="deit_tiny_patch16_224", device="tpu"), "device"),
+    ],
+)
+def test_bad_settings_are_user_errors(kwargs, message):
+    with pytest.raises(EllbenchError, match=message):
+        profile.profile_model(**kwargs, measure_memory=False)
