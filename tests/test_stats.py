@@ -159,3 +159,26 @@ def test_summarize_seeds_per_group():
     assert table.loc["a", "std"] == pytest.approx(0.02)
     assert table.loc["a", "n"] == 3
     assert math.isnan(table.loc["b", "std"]) and table.loc["b", "n"] == 1
+
+
+def test_reference_tables_name_real_models_and_known_protocols():
+    # The shipped tables that paired comparisons and reports are read beside (reports/reference/README.md).
+    import timm
+
+    import ellbench  # noqa: F401  (registers ellbench's models)
+    from ellbench.resources import resource_dir
+
+    columns = ["model", "metric", "attack", "eps", "value", "source", "protocol", "notes"]
+    tables = sorted(resource_dir("reference").glob("*_repo_logs.csv"))
+    assert [path.name for path in tables] == ["elliptical_repo_logs.csv", "rkde_repo_logs.csv"]
+    for path in tables:
+        table = pd.read_csv(path)
+        assert list(table.columns) == columns
+        assert table["value"].notna().all() and (table["value"] > 0).all()
+        assert set(table["protocol"]) <= {"paper", "clean", "unclear", "wikitext103-wordswap"}
+        vision = table[table["protocol"] != "wikitext103-wordswap"]
+        assert set(vision["attack"]) <= {"clean", "PGD", "FGSM", "SPSA", "AutoAttack"}
+        assert (vision["value"] <= 100).all()  # accuracies in percent
+        assert vision["model"].str.split("+").str[0].map(timm.is_model).all()
+        budgets = table["eps"].dropna() * 255
+        assert np.allclose(budgets, budgets.round()) and budgets.between(1, 6).all()  # i/255, i = 1..6
