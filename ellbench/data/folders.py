@@ -100,12 +100,13 @@ def _is_readable(path: Path) -> bool:
 
 
 def _evenly_spaced(count: int, limit: int | None) -> list[int]:
-    """`limit` indices spread evenly over range(count), so a limited class-sorted folder still covers its classes."""
+    """`limit` indices at the centres of `limit` equal slices of range(count), so a class-sorted folder keeps its
+    classes when limited."""
     if limit is None or limit >= count:
         return list(range(count))
     if limit <= 0:
         raise EllbenchError(f"limit must be positive, got {limit}")
-    return [i * count // limit for i in range(limit)]
+    return [(2 * i + 1) * count // (2 * limit) for i in range(limit)]
 
 
 def scan_image_folder(root: Path) -> list[tuple[str, Path]]:
