@@ -16,11 +16,13 @@ the model registers them, which is the order its blocks run.
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ellbench.errors import EllbenchError
+from ellbench.runner import accuracy_summary, job_key, run_job
 
 COLLAPSE_KEY = "collapse"
 
@@ -135,7 +137,7 @@ def collapse_evaluator(
                 "idx": int(idx),
                 "label": int(label),
                 "pred": int(pred),
-                "correct": bool(pred == label),
+                "correct": int(pred == label),
                 COLLAPSE_KEY: collapse[row].tolist(),
             }
             for row, (idx, label, pred) in enumerate(
@@ -146,9 +148,43 @@ def collapse_evaluator(
     return evaluate_batch
 
 
-def summarize_collapse(rows: list[dict]) -> list[float]:
-    """Per-layer collapse over stored rows: the mean over examples of each row's ``collapse`` list."""
-    if not rows:
+def summarize_collapse(rows) -> list[float]:
+    """Per-layer collapse over stored rows (row dicts, or the store's outcomes DataFrame): the mean over examples."""
+    lists = list(rows[COLLAPSE_KEY]) if isinstance(rows, pd.DataFrame) else [row[COLLAPSE_KEY] for row in rows]
+    if not lists:
         raise EllbenchError("no collapse rows to summarise")
-    values = torch.tensor([row[COLLAPSE_KEY] for row in rows], dtype=torch.float64)  # [examples, L]
+    values = torch.tensor(lists, dtype=torch.float64)  # [examples, L]
     return values.mean(dim=0).tolist()
+
+
+def collapse_summary(outcomes: pd.DataFrame) -> dict:
+    """Summary of a finished collapse job for the store: example count, clean accuracy and per-layer collapse."""
+    return {**accuracy_summary(outcomes), COLLAPSE_KEY: summarize_collapse(outcomes)}
+
+
+def run_collapse(store, loaded, dataset, *, batch_size: int, seed: int = 0, progress: bool = True) -> dict:
+    """Per-layer collapse of one model on one data set, stored as a resumable 'collapse' job; returns the job row.
+
+    `loaded` is an `ellbench.evaluate.LoadedModel`. The layer names are part of the job's settings, so the stored
+    per-layer lists can always be matched to the modules they came from.
+    """
+    layers = attention_layer_names(loaded.module)
+    key = job_key(
+        model=loaded.name,
+        checkpoint=loaded.checkpoint_id,
+        data=dataset.fingerprint,
+        task="collapse",
+        settings={"batch_size": batch_size, "layers": layers},
+        seed=seed,
+    )
+    return run_job(
+        store,
+        key,
+        dataset,
+        collapse_evaluator(loaded.module, device=loaded.device),
+        batch_size=batch_size,
+        description=f"collapse {loaded.name}",
+        summarize=collapse_summary,
+        progress=progress,
+        device=loaded.device,
+    )

@@ -12,6 +12,7 @@ from ellbench.collapse import (
     collapse_evaluator,
     collapse_per_example,
     collapse_per_layer,
+    run_collapse,
     summarize_collapse,
     token_cosine_similarity,
 )
@@ -131,7 +132,7 @@ def test_evaluator_rows_resume_to_the_same_summary():
     assert [row["pred"] for row in rows] == preds
     assert [row["correct"] for row in rows] == [p == label for p, label in zip(preds, labels.tolist(), strict=True)]
     assert all(len(row["collapse"]) == 2 for row in rows)
-    assert summarize_collapse(rows) == pytest.approx(collapse_per_layer(model, images), abs=1e-9)
+    assert summarize_collapse(rows) == pytest.approx(collapse_per_layer(model, images), abs=1e-6)
 
 
 def test_model_mode_is_restored():
@@ -148,3 +149,26 @@ def test_model_without_attention_is_refused():
 def test_single_token_is_refused():
     with pytest.raises(EllbenchError, match="at least 2 tokens"):
         token_cosine_similarity(torch.ones(1, 1, 4))
+
+
+def test_run_collapse_stores_a_resumable_job_whose_summary_is_the_batch_measure(tmp_path):
+    from ellbench.data import open_dataset
+    from ellbench.evaluate import LoadedModel
+    from ellbench.store import Store
+
+    dataset = open_dataset("digits", "test", limit=5)
+    model = scrambled_vit(img_size=8, patch_size=4, depth=2, num_classes=10)
+    loaded = LoadedModel(name="deit_tiny_patch16_224", module=model, checkpoint_id="random-init:seed=0", device="cpu")
+    store = Store(tmp_path / "results.sqlite")
+
+    job = run_collapse(store, loaded, dataset, batch_size=2, progress=False)  # batches of 2, 2 and 1
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    summary = job["summary"]
+    assert summary["n"] == 5
+    assert summary["collapse"] == pytest.approx(collapse_per_layer(model, images), abs=1e-6)
+    outcomes = store.outcomes(job["id"])
+    assert list(outcomes["idx"]) == [0, 1, 2, 3, 4]
+    assert all(len(values) == 2 for values in outcomes["collapse"])
+
+    again = run_collapse(store, loaded, dataset, batch_size=2, progress=False)
+    assert again["id"] == job["id"] and len(store.jobs(task="collapse")) == 1
