@@ -505,8 +505,8 @@ def result_record(entry: AttackEntry, summary: dict) -> dict:
             "max_linf": summary["max_linf"], "n": summary["n"]}
 
 
-def _check(name: str, status: str, detail: str, **where) -> dict:
-    return {"check": name, "status": status, "detail": detail, **where}
+def _check(check: str, status: str, detail: str, **where) -> dict:
+    return {"check": check, "status": status, "detail": detail, **where}
 
 
 def trust_checks(results: list[dict], *, tolerance: float = 0.0) -> list[dict]:

@@ -1,0 +1,337 @@
+"""Attacks: suites and validation, the paper protocol against its formula, the standard one against torchattacks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchattacks
+from torch import nn
+
+from ellbench import attacks
+from ellbench.errors import EllbenchError
+
+SEED = 7
+
+
+class TinyNormalized(nn.Module):
+    """A NormalizedModel stand-in: [0, 1] images -> (x - mean) / std -> a small tanh MLP on 8x8 inputs."""
+
+    def __init__(self, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), classes=4, dtype=torch.float32):
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.Tanh(), nn.Linear(32, classes))
+        self.model.to(dtype)
+        self.register_buffer("mean", torch.tensor(mean, dtype=dtype).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=dtype).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return self.model((x - self.mean) / self.std)
+
+
+def batch(n=6, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(n, 3, 8, 8, generator=generator, dtype=dtype)
+    images[:, :, 0, 0], images[:, :, 0, 1] = 0.0, 1.0  # pixels on the edges of [0, 1]: clipping would show there
+    labels = torch.randint(0, 4, (n,), generator=generator)
+    return torch.arange(10, 10 + n), images, labels
+
+
+def entry(attack, protocol, eps, **params):
+    (only,) = attacks.make_entries(attack, params, protocol=protocol, eps=eps)
+    return only
+
+
+def cross_entropy_grad(network, z, y):
+    z = z.clone().requires_grad_(True)
+    return torch.autograd.grad(F.cross_entropy(network(z), y), z)[0]
+
+
+# --- the paper protocol against the formula (cleverhans semantics, written out), in float64 ----------------------
+
+
+def reference_paper_pgd(model, images, eps, alpha, steps, seed):
+    """cleverhans PGD on normalised inputs: uniform start, sign steps, projection, no clip, predicted labels."""
+    z0 = (images - model.mean) / model.std
+    y = model.model(z0).argmax(1)
+    torch.manual_seed(seed)
+    z = z0 + torch.empty_like(z0).uniform_(-eps, eps)
+    for _ in range(steps):
+        z = z + alpha * cross_entropy_grad(model.model, z, y).sign()
+        z = z0 + (z - z0).clamp(-eps, eps)
+    return z0, z
+
+
+def test_paper_pgd_equals_formula_without_clipping():
+    model = TinyNormalized(dtype=torch.float64)
+    indices, images, labels = batch(dtype=torch.float64)
+    eps = 6 / 255
+    pgd = entry("PGD", "paper", eps, alpha=0.15 * eps, steps=4, random_start=True)
+    seed = attacks.batch_seed(SEED, int(indices[0]))
+    with attacks.seeded_rng("cpu", seed):
+        outcome = attacks.make_attack(model, pgd)(images, labels)
+    z0, expected = reference_paper_pgd(model, images, eps, 0.15 * eps, 4, seed)
+    torch.testing.assert_close(outcome.clean_input, z0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(outcome.adversarial_input, expected, rtol=0, atol=1e-10)
+    assert torch.equal(outcome.target, model(images).argmax(1))  # the model's own predictions, not the labels
+    outside = (outcome.adversarial_input * model.std + model.mean - 0.5).abs() > 0.5
+    assert outside.any()  # nothing clipped to the pixel range
+
+    rows = attacks.make_attack_evaluator(model, pgd, seed=SEED)(indices, images, labels)
+    linf = (expected - z0).flatten(1).abs().amax(1)
+    assert [r["pred"] for r in rows] == model.model(expected).argmax(1).tolist()
+    assert [r["target"] for r in rows] == model(images).argmax(1).tolist()
+    assert all(r["correct"] == int(r["pred"] == r["label"]) for r in rows)
+    assert [r["linf"] for r in rows] == pytest.approx(linf.tolist(), abs=1e-10)
+    assert max(r["linf"] for r in rows) == pytest.approx(eps, abs=1e-10)
+
+
+def test_paper_fgsm_equals_formula():
+    model = TinyNormalized(dtype=torch.float64)
+    _, images, labels = batch(dtype=torch.float64)
+    eps = 3 / 255
+    outcome = attacks.make_attack(model, entry("FGSM", "paper", eps))(images, labels)
+    z0 = (images - model.mean) / model.std
+    expected = z0 + eps * cross_entropy_grad(model.model, z0, model.model(z0).argmax(1)).sign()
+    torch.testing.assert_close(outcome.adversarial_input, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(outcome.logits, model.model(expected), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("attack, params", [
+    ("PGD", dict(alpha=1 / 255, steps=3)),
+    ("SPSA", dict(delta=0.01, lr=0.01, nb_iter=3, nb_sample=8, max_batch_size=4)),
+    ("APGD", dict(steps=4)),
+    ("Square", dict(n_queries=20)),
+])
+def test_paper_protocol_equals_torchattacks_where_its_clamp_cannot_bind(attack, params):
+    # With mean -4 and std 10 the normalised inputs live in [0.4, 0.5], so torchattacks can attack the raw network
+    # directly with its own units (eps, step, SPSA's delta and lr): the paper protocol's rescaling must agree.
+    model = TinyNormalized(mean=(-4.0,) * 3, std=(10.0,) * 3, dtype=torch.float64)
+    _, images, labels = batch(dtype=torch.float64)
+    eps = 4 / 255
+    torch.manual_seed(3)
+    outcome = attacks.make_attack(model, entry(attack, "paper", eps, **params))(images, labels)
+    z0 = (images - model.mean) / model.std
+    torch.manual_seed(3)
+    direct = getattr(torchattacks, attack)(model.model, eps=eps, **params)(z0, model.model(z0).argmax(1))
+    # SPSA alone differs by Adam's epsilon (1e-8), which acts in rescaled units: a relative 1e-5 of a step, no more.
+    torch.testing.assert_close(outcome.adversarial_input, direct, rtol=0, atol=1e-5 if attack == "SPSA" else 1e-9)
+
+
+def test_paper_coordinates_keep_the_clamp_away():
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64)
+    eps = 6 / 255
+    offset, scale = attacks.paper_coordinates(mean, std, eps)
+    lowest, highest = min((0 - mean) / std).item(), max((1 - mean) / std).item()
+    assert (lowest - 2 * eps - offset) / scale == pytest.approx(0.0, abs=1e-12)
+    assert (highest + 2 * eps - offset) / scale == pytest.approx(1.0, abs=1e-12)
+
+
+# --- the standard protocol is torchattacks itself -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attack, params", [("PGD", dict(alpha=1 / 255, steps=3, random_start=True)), ("FGSM", {})])
+def test_standard_protocol_is_exactly_torchattacks(attack, params):
+    model = TinyNormalized()
+    indices, images, labels = batch()
+    eps = 8 / 255
+    seed = attacks.batch_seed(SEED, int(indices[0]))
+    torch.manual_seed(seed)
+    adv = getattr(torchattacks, attack)(model, eps=eps, **params)(images, labels)
+    rows = attacks.make_attack_evaluator(model, entry(attack, "standard", eps, **params), seed=SEED)(
+        indices, images, labels)
+    delta = (adv - images).flatten(1).double()
+    assert [r["pred"] for r in rows] == model(adv).argmax(1).tolist()
+    assert [r["linf"] for r in rows] == delta.abs().amax(1).tolist()
+    assert [r["l2"] for r in rows] == delta.norm(dim=1).tolist()
+    assert [r["target"] for r in rows] == labels.tolist()
+    assert [r["clean_pred"] for r in rows] == model(images).argmax(1).tolist()
+
+
+def test_budgets_hold_and_trust_checks_pass():
+    model = TinyNormalized()
+    indices, images, labels = batch()
+    eps = 2 / 255
+    results = []
+    for attack, params in [("FGSM", {}), ("PGD", dict(alpha=0.5 * eps, steps=3)),
+                           ("SPSA", dict(nb_iter=2, nb_sample=4, max_batch_size=4))]:
+        for protocol in attacks.PROTOCOLS:
+            item = entry(attack, protocol, eps, **params)
+            rows = attacks.make_attack_evaluator(model, item, seed=SEED)(indices, images, labels)
+            assert max(r["linf"] for r in rows) <= eps * (1 + attacks.BUDGET_RTOL) + attacks.BUDGET_ATOL
+            summary = attacks.summarize_attack(_frame(rows))
+            results.append(attacks.result_record(item, summary))
+    budget = [c for c in attacks.trust_checks(results) if c["check"] == "budget"]
+    assert len(budget) == 6 and all(c["status"] == "ok" for c in budget)
+
+
+def test_same_seed_same_outcome_and_rng_left_alone():
+    model = TinyNormalized()
+    indices, images, labels = batch()
+    evaluate = attacks.make_attack_evaluator(model, entry("PGD", "paper", 4 / 255, steps=2, alpha=1 / 255), seed=1)
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    first = evaluate(indices, images, labels)
+    assert torch.equal(torch.rand(3), before)  # the attack's draws come from a forked generator
+    assert evaluate(indices, images, labels) == first
+    other = attacks.make_attack_evaluator(model, entry("PGD", "paper", 4 / 255, steps=2, alpha=1 / 255), seed=2)
+    assert other(indices, images, labels) != first
+
+
+def test_interrupted_attack_run_resumes_to_the_identical_table(tmp_path):
+    from ellbench.runner import job_key, run_job
+    from ellbench.store import Store
+
+    model = TinyNormalized()
+    _, images, labels = batch(n=10)
+    dataset = list(zip(images, labels.tolist(), strict=True))
+    item = entry("PGD", "paper", 4 / 255, steps=2, alpha=1 / 255)
+    key = job_key(model="tiny", checkpoint="none", data="t", task="attack", settings=item.settings(), seed=SEED)
+    evaluate = attacks.make_attack_evaluator(model, item, seed=SEED)
+
+    def interrupted(indices, batch_images, batch_labels):
+        if int(indices[0]) >= 4:
+            raise KeyboardInterrupt
+        return evaluate(indices, batch_images, batch_labels)
+
+    whole = Store(tmp_path / "whole.sqlite")
+    done = run_job(whole, key, dataset, evaluate, batch_size=4, summarize=attacks.summarize_attack, progress=False)
+    resumed = Store(tmp_path / "resumed.sqlite")
+    with pytest.raises(KeyboardInterrupt):
+        run_job(resumed, key, dataset, interrupted, batch_size=4, progress=False)
+    again = run_job(resumed, key, dataset, evaluate, batch_size=4, summarize=attacks.summarize_attack, progress=False)
+    assert again["id"] == done["id"]
+    assert whole.outcomes(done["id"]).equals(resumed.outcomes(again["id"]))
+    assert '"batches_resumed": 1' in again["summary"] or again["summary"]["batches_resumed"] == 1
+
+
+def _frame(rows):
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+# --- trust checks on hand-made results ---------------------------------------------------------------------------
+
+
+def _result(name, attack, eps, robust, clean=0.9, linf=None, protocol="paper"):
+    return {"name": name, "attack": attack, "protocol": protocol, "eps": eps, "clean_accuracy": clean,
+            "robust_accuracy": robust, "max_linf": eps if linf is None else linf, "n": 100}
+
+
+def test_trust_checks_flag_each_violation():
+    results = [
+        _result("PGD", "PGD", 1 / 255, 0.5), _result("PGD", "PGD", 2 / 255, 0.6),  # rises with eps
+        _result("FGSM", "FGSM", 1 / 255, 0.4), _result("FGSM", "FGSM", 2 / 255, 0.3),  # PGD weaker: masking?
+        _result("SPSA", "SPSA", 1 / 255, 0.95, linf=1.5 / 255),  # over budget and above clean
+    ]
+    flagged = {(c["check"], c["name"], c["eps"]) for c in attacks.trust_checks(results) if c["status"] != "ok"}
+    assert flagged == {
+        ("monotone-in-eps", "PGD", 2 / 255),
+        ("PGD>=FGSM", "PGD", 1 / 255), ("PGD>=FGSM", "PGD", 2 / 255),
+        ("budget", "SPSA", 1 / 255), ("robust<=clean", "SPSA", 1 / 255),
+    }
+    masking = [c for c in attacks.trust_checks(results) if c["check"] == "PGD>=FGSM"]
+    assert all("gradient masking" in c["detail"] for c in masking)
+    healthy = [_result("PGD", "PGD", 1 / 255, 0.3), _result("PGD", "PGD", 2 / 255, 0.1),
+               _result("FGSM", "FGSM", 1 / 255, 0.4), _result("FGSM", "FGSM", 2 / 255, 0.2)]
+    assert all(c["status"] == "ok" for c in attacks.trust_checks(healthy))
+
+
+# --- suites, parameters and bad input ------------------------------------------------------------------------------
+
+
+def test_shipped_suites_load_with_the_papers_settings():
+    assert {"paper", "standard", "quick"} <= set(attacks.list_suites())
+    paper = attacks.load_suite("paper")
+    assert {e.protocol for e in paper} == {"paper"}
+    assert sorted({round(e.eps * 255, 9) for e in paper}) == [1, 2, 3, 4, 5, 6]
+    pgd = next(e for e in paper if e.attack == "PGD" and e.eps_text == "2/255")
+    assert pgd.params == {"steps": 20, "random_start": True, "alpha": pytest.approx(0.15 * 2 / 255)}
+    spsa = next(e for e in paper if e.attack == "SPSA")
+    assert {k: spsa.params[k] for k in ("nb_iter", "lr", "delta", "nb_sample")} == \
+        {"nb_iter": 40, "lr": 0.01, "delta": 0.01, "nb_sample": 128}
+    standard = attacks.load_suite("standard")
+    assert {e.protocol for e in standard} == {"standard"}
+    assert sorted({e.eps_text for e in standard}) == ["1/255", "2/255", "4/255", "8/255"]
+    assert len(attacks.load_suite("quick")) == 6
+
+
+def test_parse_params_types():
+    params = attacks.parse_params(["eps=4/255", "steps=10", "alpha=0.15*eps", "random_start=false", "norm=Linf",
+                                   "lr=1e-2"])
+    assert params == {"eps": 4 / 255, "steps": 10, "alpha": attacks.PerEps(0.15), "random_start": False,
+                      "norm": "Linf", "lr": 0.01}
+    assert attacks.parse_params(["eps=1/255,2/255"]) == {"eps": [1 / 255, 2 / 255]}
+    entries = attacks.make_entries("PGD", attacks.parse_params(["eps=1/255,2/255", "alpha=0.25*eps"]))
+    assert [e.params["alpha"] for e in entries] == pytest.approx([0.25 / 255, 0.5 / 255])
+    assert attacks.format_eps(8 / 255) == "8/255" and attacks.format_eps(0.3) == "0.3"
+    assert math.isclose(attacks.parse_eps("8/255"), 8 / 255)
+
+
+def test_any_torchattacks_class_by_name():
+    (cw,) = attacks.make_entries("CW", {"steps": 2, "c": 0.5})
+    assert cw.eps is None and cw.params == {"steps": 2, "c": 0.5}
+    (square,) = attacks.make_entries("Square", {"eps": "4/255", "n_queries": 10})
+    assert square.kwargs() == {"eps": 4 / 255, "n_queries": 10}
+
+
+@pytest.mark.parametrize("attack, params, protocol, message", [
+    ("PGD", {"eps": -1 / 255}, "standard", "eps must be between 0 and 1"),
+    ("PGD", {"eps": 1.5}, "standard", "eps must be between 0 and 1"),
+    ("PGD", {"eps": "4/0"}, "standard", "division by zero"),
+    ("PGD", {"eps": 0.1, "steps": 0}, "standard", "steps must be at least 1"),
+    ("SPSA", {"eps": 0.1, "nb_iter": 0}, "paper", "nb_iter must be at least 1"),
+    ("PGD", {"eps": 0.1, "steps": 2.5}, "standard", "steps must be a whole number"),
+    ("PGD", {"eps": 0.1, "alpha": 0}, "standard", "alpha must be positive"),
+    ("PGD", {"eps": 0.1, "stepz": 3}, "standard", "PGD has no setting stepz"),
+    ("PGD", {}, "standard", "needs a budget"),
+    ("pgd", {"eps": 0.1}, "standard", "did you mean PGD"),
+    ("NoSuchAttack", {"eps": 0.1}, "standard", "unknown attack 'NoSuchAttack'"),
+    ("MultiAttack", {}, "standard", "unknown attack 'MultiAttack'"),
+    ("CW", {"eps": 0.1}, "standard", "CW takes no eps"),
+    ("CW", {}, "paper", "cannot run under the paper protocol"),
+    ("APGD", {"eps": 0.1, "norm": "L2"}, "paper", "L-inf only"),
+    ("PGD", {"eps": 0.1}, "pixel", "unknown protocol"),
+])
+def test_bad_settings_give_one_line(attack, params, protocol, message):
+    with pytest.raises(EllbenchError, match=message) as caught:
+        attacks.make_entries(attack, params, protocol=protocol)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('protocol = "paper"\neps = [0.1]\n[[attacks]\nclass = "PGD"\n', "malformed attack suite"),
+    ('protocol = "paper"\neps = [0.1]\n', "at least one"),
+    ('protocol = "paper"\neps = ["-1/255"]\n[[attacks]]\nclass = "FGSM"\n', "eps must be between 0 and 1"),
+    ('protocol = "paper"\neps = [0.1]\n[[attacks]]\nclass = "PGD"\nparams = { steps = 0 }\n', "at least 1"),
+    ('protocol = "paper"\neps = [0.1]\n[[attacks]]\nclass = "Nope"\n', "unknown attack"),
+    ('protocol = "paper"\neps = [0.1]\n[[attacks]]\nclass = "PGD"\nstep = 3\n', "unknown key 'step'"),
+    ('protocol = "paper"\neps = [0.1]\ncolour = 1\n[[attacks]]\nclass = "PGD"\n', "unknown key 'colour'"),
+    ('protocol = "paper"\neps = [0.1]\n[[attacks]]\nclass = "FGSM"\n[[attacks]]\nclass = "FGSM"\n', "twice"),
+])
+def test_bad_suite_files_give_one_line(tmp_path, text, message):
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    with pytest.raises(EllbenchError, match=message) as caught:
+        attacks.load_suite(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_unknown_suite_and_missing_file():
+    with pytest.raises(EllbenchError, match="unknown attack suite 'nope'; available: .*paper"):
+        attacks.load_suite("nope")
+    with pytest.raises(EllbenchError, match="not found"):
+        attacks.load_suite("/no/such/suite.toml")
+
+
+def test_images_outside_unit_range_are_refused():
+    model = TinyNormalized()
+    indices, images, labels = batch()
+    evaluate = attacks.make_attack_evaluator(model, entry("FGSM", "paper", 1 / 255), seed=0)
+    with pytest.raises(EllbenchError, match=r"images in \[0, 1\]"):
+        evaluate(indices, images * 2 - 0.5, labels)
