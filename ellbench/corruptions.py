@@ -562,3 +562,71 @@ def summarize_corruptions(errors: Mapping[tuple[str, int], float], *, clean_erro
 def _mean(values: Iterable[float]) -> float | None:
     values = list(values)
     return sum(values) / len(values) if values else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running a suite on one model
+
+
+def corrupted_dataset(corruption: str, severity: int, *, clean=None, imagenet_c=None, seed: int = 0, cache_dir=None,
+                      workers: int | None = None, skip_bad_images: bool = False, limit: int | None = None):
+    """The data set of one suite entry: released ImageNet-C if `imagenet_c` is given, else generated from the clean
+    ImageNet-style folder `clean` (an ImageFolderDataset), else `clean` (any in-memory set) corrupted on the fly."""
+    if imagenet_c is not None:
+        return imagenet_c_folder(imagenet_c, corruption, severity, skip_bad_images=skip_bad_images, limit=limit)
+    if isinstance(clean, ImageFolderDataset):
+        return GeneratedImageNetC(clean.root, corruption, severity, seed=seed, cache_dir=cache_dir, workers=workers,
+                                  img_size=clean.img_size, resize=clean.resize, skip_bad_images=skip_bad_images,
+                                  limit=limit)
+    if clean is None:
+        raise EllbenchError("corruptions need clean data (--data) or a released ImageNet-C folder (--imagenet-c)")
+    return CorruptedDataset(clean, corruption, severity, seed=seed)
+
+
+def run_corruption_suite(store, loaded, suite: CorruptionSuite, *, clean=None, imagenet_c=None, batch_size: int = 64,
+                         seed: int = 0, cache_dir=None, workers: int | None = None, skip_bad_images: bool = False,
+                         limit: int | None = None, baseline: str | None = None, progress: bool = True) -> dict:
+    """Evaluate one model on every (corruption, severity) of a suite, each a resumable job; return the summary.
+
+    `loaded` is an ellbench.evaluate.LoadedModel. `clean` (a data set) also gives the clean error for relative
+    mCE. AlexNet-relative CE and mCE are computed only for 1000-class (ImageNet) data; the baseline used, the
+    source of the corrupted images, skipped files and small-image upsampling are recorded in the summary.
+    """
+    from ellbench.evaluate import clean_evaluator, run_clean
+    from ellbench.runner import job_key, provenance, run_job
+
+    source = "imagenet-c" if imagenet_c is not None else "generated" if isinstance(clean, ImageFolderDataset) \
+        else "in-memory"
+    baseline = baseline or suite.baseline
+    errors, entries, fingerprints = {}, [], []
+    for corruption, severity in suite.entries():
+        dataset = corrupted_dataset(corruption, severity, clean=clean, imagenet_c=imagenet_c, seed=seed,
+                                    cache_dir=cache_dir, workers=workers, skip_bad_images=skip_bad_images, limit=limit)
+        notes = {"corruption_source": source, "skipped_images": getattr(dataset, "skipped", 0),
+                 "upsampled": getattr(dataset, "upsampled", False)}
+        key = job_key(model=loaded.name, checkpoint=loaded.checkpoint_id, data=dataset.fingerprint, task="corruption",
+                      settings={"corruption": corruption, "severity": severity, "source": source,
+                                "batch_size": batch_size}, seed=seed)
+        job = run_job(store, key, dataset, clean_evaluator(loaded.module, loaded.device), batch_size=batch_size,
+                      description=f"{corruption} s{severity} {loaded.name}", progress=progress, device=loaded.device,
+                      provenance_extra=notes)
+        errors[corruption, severity] = 1.0 - job["summary"]["accuracy"]
+        entries.append({"corruption": corruption, "severity": severity, "error": errors[corruption, severity],
+                        "n": job["summary"]["n"], **notes})
+        fingerprints.append(dataset.fingerprint)
+    clean_error = None
+    if clean is not None:
+        clean_job = run_clean(store, loaded, clean, batch_size=batch_size, seed=seed, progress=progress)
+        clean_error = 1.0 - clean_job["summary"]["accuracy"]
+    summary = {"suite": suite.name, "source": source, "entries": entries, "clean_error": clean_error,
+               "mean_error": _mean(errors.values()), "upsampled": any(e["upsampled"] for e in entries),
+               "skipped_images": max(e["skipped_images"] for e in entries)}
+    if dataset.num_classes == 1000:
+        summary.update(summarize_corruptions(errors, clean_error=clean_error, baseline=baseline))
+    else:
+        summary.update(mce=None, mce_note="AlexNet-relative CE/mCE is defined only for ImageNet-1k classes and data")
+    key = job_key(model=loaded.name, checkpoint=loaded.checkpoint_id,
+                  data=content_hash("\n".join(fingerprints).encode())[:16], task="corruption-summary",
+                  settings={"suite": suite.name, "entries": suite.entries(), "source": source, "baseline": baseline,
+                            "clean": getattr(clean, "fingerprint", None)}, seed=seed)
+    return store.record_result(key, summary, provenance(loaded.device))["summary"]

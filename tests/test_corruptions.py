@@ -247,3 +247,85 @@ def test_shipped_suites(tmp_path):
         C.load_suite(str(bad))
     with pytest.raises(EllbenchError, match="no corruptions file"):
         C.load_suite("nonexistent")
+
+
+class CountingModel(torch.nn.Module):
+    """A tiny fixed classifier (pooled pixels -> linear) that counts the images it has seen."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
+                                        torch.nn.Linear(48, num_classes))
+        self.seen = 0
+
+    def forward(self, images):
+        self.seen += len(images)
+        return self.head(images)
+
+
+def loaded(model):
+    from ellbench.evaluate import LoadedModel
+
+    return LoadedModel(name="tiny", module=model.eval(), checkpoint_id="random-init:seed=0", device="cpu")
+
+
+def test_suite_run_in_memory_is_stored_and_reused(tmp_path):
+    from ellbench.data import open_dataset
+    from ellbench.store import Store
+
+    digits, model, store = open_dataset("digits", limit=6), CountingModel(10), Store(tmp_path / "results.sqlite")
+    suite = C.load_suite("quick")
+    summary = C.run_corruption_suite(store, loaded(model), suite, clean=digits, batch_size=4, progress=False)
+    images, labels = digits.get_batch(torch.arange(6))
+    for entry in summary["entries"]:
+        corrupted = C.corrupt_tensor(images, entry["corruption"], entry["severity"], seed=0)[0]
+        expected_error = 1 - (model.head(corrupted).argmax(1) == labels).float().mean().item()
+        assert entry["error"] == pytest.approx(expected_error) and entry["upsampled"]
+    assert len(summary["entries"]) == 12 and summary["upsampled"] and summary["mce"] is None  # not ImageNet
+    seen = model.seen
+    assert C.run_corruption_suite(store, loaded(model), suite, clean=digits, batch_size=4, progress=False) == summary
+    assert model.seen == seen  # every job came from the store
+
+
+def test_suite_run_generated_from_a_clean_folder_gives_mce(clean_folder, tmp_path):
+    from ellbench.data.folders import ImageFolderDataset
+    from ellbench.store import Store
+
+    suite = C.CorruptionSuite("two", "", ("fog", "contrast"), C.SEVERITIES)
+    clean, model = ImageFolderDataset(clean_folder), CountingModel(1000)
+    summary = C.run_corruption_suite(Store(tmp_path / "r.sqlite"), loaded(model), suite, clean=clean, batch_size=2,
+                                     cache_dir=tmp_path / "cache", workers=1, progress=False)
+    errors = {}
+    for corruption, severity in suite.entries():
+        data = C.GeneratedImageNetC(clean_folder, corruption, severity, cache_dir=tmp_path / "cache", workers=1)
+        predictions = model.head(torch.stack([data[i][0] for i in range(3)])).argmax(1)
+        errors[corruption, severity] = 1 - (predictions == torch.tensor(data.labels)).float().mean().item()
+    clean_predictions = model.head(torch.stack([clean[i][0] for i in range(3)])).argmax(1)
+    clean_error = 1 - (clean_predictions == torch.tensor(clean.labels)).float().mean().item()
+    expected = C.summarize_corruptions(errors, clean_error=clean_error)
+    assert summary["source"] == "generated" and summary["baseline"]["name"] == "hendrycks"
+    assert summary["mce"] == pytest.approx(expected["mce"]) and summary["clean_error"] == pytest.approx(clean_error)
+
+
+def test_a_bad_file_stops_the_run_keeping_stored_batches_or_is_skipped(clean_folder, tmp_path):
+    from ellbench.store import Store
+
+    folder = tmp_path / "imagenet-c" / "fog" / "1" / WNIDS[0]
+    folder.mkdir(parents=True)
+    sources = sorted(clean_folder.glob("*/*.JPEG"))
+    for k, source in enumerate(sources):
+        (folder / f"{k}.JPEG").write_bytes(source.read_bytes())
+    (folder / "1.JPEG").write_bytes(sources[1].read_bytes()[:4000])
+    suite, store = C.CorruptionSuite("one", "", ("fog",), (1,)), Store(tmp_path / "r.sqlite")
+    with pytest.raises(EllbenchError, match="1.JPEG"):
+        C.run_corruption_suite(store, loaded(CountingModel(1000)), suite, imagenet_c=tmp_path / "imagenet-c",
+                               batch_size=1, progress=False)
+    (job,) = store.jobs(task="corruption")
+    assert store.done_batches(job["id"]) == {0} and job["status"] != "done"
+    summary = C.run_corruption_suite(store, loaded(CountingModel(1000)), suite, imagenet_c=tmp_path / "imagenet-c",
+                                     batch_size=1, skip_bad_images=True, progress=False)
+    assert summary["skipped_images"] == 1 and summary["entries"][0]["n"] == 2
+    assert summary["clean_error"] is None and "relative_mce" not in summary
+    (skipping_job,) = [j for j in store.jobs(task="corruption") if j["status"] == "done"]
+    assert skipping_job["provenance"]["skipped_images"] == 1

@@ -173,3 +173,30 @@ def test_shift_folder_and_evaluator(tmp_path):
     with pytest.raises(EllbenchError, match="not in the expected class list"):
         write_photo(tmp_path / "n01440764" / "x.jpg", "coffee")
         open_shift_dataset("imagenet-r", tmp_path)
+
+
+def test_run_shift_stores_restricted_accuracy_and_skipped_count(tmp_path):
+    from ellbench.data.shift import run_shift
+    from ellbench.evaluate import LoadedModel
+    from ellbench.store import Store
+
+    wnids, indices = subset_wnids("imagenet-a"), subset_indices_1k("imagenet-a")
+    for k, (wnid, name) in enumerate(zip((wnids[0], wnids[3], wnids[3]), ("coffee", "rocket", "chelsea"), strict=True)):
+        write_photo(tmp_path / "a" / wnid / f"{k}.jpg", name)
+    torn = tmp_path / "a" / wnids[0] / "9.jpg"
+    torn.write_bytes((tmp_path / "a" / wnids[0] / "0.jpg").read_bytes()[:3000])
+
+    class PredictsSubsetClassThree(torch.nn.Module):
+        def forward(self, images):
+            logits = torch.zeros(len(images), 1000)
+            logits[:, indices[3]] = 2.0
+            logits[:, 1] = 9.0  # goldfish: outside ImageNet-A, must not win
+            return logits
+
+    model = LoadedModel(name="fixed", module=PredictsSubsetClassThree(), checkpoint_id="none", device="cpu")
+    store = Store(tmp_path / "r.sqlite")
+    with pytest.raises(EllbenchError, match="9.jpg"):
+        run_shift(store, model, "imagenet-a", tmp_path / "a", batch_size=2, progress=False)
+    job = run_shift(store, model, "imagenet-a", tmp_path / "a", batch_size=2, skip_bad_images=True, progress=False)
+    assert job["summary"]["n"] == 3 and job["summary"]["accuracy"] == pytest.approx(2 / 3)
+    assert job["provenance"]["skipped_images"] == 1 and job["task"] == "imagenet-a"

@@ -85,3 +85,20 @@ def shift_evaluator(model, name: str, device: str = "cpu"):
         ]
 
     return evaluate_batch
+
+
+def run_shift(store, loaded, name: str, root, *, batch_size: int = 64, seed: int = 0, skip_bad_images: bool = False,
+              limit: int | None = None, img_size: int = 224, resize: int = 256, progress: bool = True) -> dict:
+    """Top-1 accuracy of one model on an ImageNet-A/R folder, as a resumable job; returns the stored job row.
+
+    `loaded` is an ellbench.evaluate.LoadedModel; the number of unreadable files skipped goes into provenance.
+    """
+    from ellbench.runner import job_key, run_job
+
+    dataset = open_shift_dataset(name, root, img_size=img_size, resize=resize, skip_bad_images=skip_bad_images,
+                                 limit=limit)
+    key = job_key(model=loaded.name, checkpoint=loaded.checkpoint_id, data=dataset.fingerprint, task=name,
+                  settings={"batch_size": batch_size, "logits": "restricted to the 200 subset classes"}, seed=seed)
+    return run_job(store, key, dataset, shift_evaluator(loaded.module, name, loaded.device), batch_size=batch_size,
+                   description=f"{name} {loaded.name}", progress=progress, device=loaded.device,
+                   provenance_extra={"skipped_images": dataset.skipped})
