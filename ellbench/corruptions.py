@@ -339,17 +339,17 @@ def generate_cached(sources: Iterable[Path], settings: GenerationSettings, cache
     cache_dir = Path(cache_dir)
     sources = list(sources)
     targets = [settings.cache_path(cache_dir, content_hash(_read_source(s))) for s in sources]
-    missing = sorted({(str(s), str(t)) for s, t in zip(sources, targets, strict=True) if not t.is_file()},
-                     key=lambda pair: pair[1])
+    # One task per missing cache file (files with identical content share one), in a fixed order.
+    missing = sorted({str(t): str(s) for s, t in zip(sources, targets, strict=True) if not t.is_file()}.items())
     workers = max(1, min(workers or os.cpu_count() or 1, len(missing) or 1))
     if workers == 1:
-        for done, (source, target) in enumerate(missing, 1):
+        for done, (target, source) in enumerate(missing, 1):
             _generate_into_cache(source, target, settings)
             if progress:
                 progress(done, len(missing))
         return targets
     with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context()) as pool:
-        futures = [pool.submit(_generate_into_cache, source, target, settings) for source, target in missing]
+        futures = [pool.submit(_generate_into_cache, source, target, settings) for target, source in missing]
         for done, future in enumerate(as_completed(futures), 1):
             future.result()  # re-raises a worker's EllbenchError (naming the bad file) here
             if progress:
@@ -367,17 +367,21 @@ def _read_source(path: Path) -> bytes:
 class GeneratedImageNetC(torch.utils.data.Dataset):
     """ImageNet-C made from a clean ImageNet-style folder, as Hendrycks made it, generated once and cached on disk.
 
-    All images are generated (or found in the cache) when the data set is built, so reading it is just decoding
-    cached files. `upsampled` is True when img_size < 32 forced the upsample-corrupt-downsample path.
+    `clean` is a folder path or an ImageFolderDataset (whose files, labels, limit and skipped files are then used).
+    All images are generated, or found in the cache, when the data set is built, so reading it only decodes cached
+    files. Cache layout: <cache_dir>/<corruption>/<severity>/seed<seed>-<resize>-<img_size>-ic<version>/
+    <sha[:2]>/<sha>.q85.JPEG, where sha is the sha256 of the clean file's bytes. `upsampled` is True when
+    img_size < 32 forced the upsample-corrupt-downsample path.
     """
 
-    def __init__(self, clean_root, corruption: str, severity: int, *, seed: int = 0, cache_dir=None,
+    def __init__(self, clean, corruption: str, severity: int, *, seed: int = 0, cache_dir=None,
                  workers: int | None = None, img_size: int = 224, resize: int = 256, jpeg_quality: int | None = 85,
                  skip_bad_images: bool = False, limit: int | None = None,
                  progress: Callable[[int, int], None] | None = None):
-        self.settings = GenerationSettings(corruption, severity, seed, img_size, resize, jpeg_quality)
         check_corruption(corruption, severity)
-        self.clean = ImageFolderDataset(clean_root, transform="none", skip_bad_images=skip_bad_images, limit=limit)
+        self.settings = GenerationSettings(corruption, severity, seed, img_size, resize, jpeg_quality)
+        self.clean = clean if isinstance(clean, ImageFolderDataset) else ImageFolderDataset(
+            clean, transform="none", skip_bad_images=skip_bad_images, limit=limit)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.files = generate_cached(self.clean.files, self.settings, self.cache_dir, workers=workers,
                                      progress=progress)
@@ -575,9 +579,8 @@ def corrupted_dataset(corruption: str, severity: int, *, clean=None, imagenet_c=
     if imagenet_c is not None:
         return imagenet_c_folder(imagenet_c, corruption, severity, skip_bad_images=skip_bad_images, limit=limit)
     if isinstance(clean, ImageFolderDataset):
-        return GeneratedImageNetC(clean.root, corruption, severity, seed=seed, cache_dir=cache_dir, workers=workers,
-                                  img_size=clean.img_size, resize=clean.resize, skip_bad_images=skip_bad_images,
-                                  limit=limit)
+        return GeneratedImageNetC(clean, corruption, severity, seed=seed, cache_dir=cache_dir, workers=workers,
+                                  img_size=clean.img_size, resize=clean.resize)
     if clean is None:
         raise EllbenchError("corruptions need clean data (--data) or a released ImageNet-C folder (--imagenet-c)")
     return CorruptedDataset(clean, corruption, severity, seed=seed)
