@@ -12,8 +12,9 @@ Both therefore cover weights + input + activations of one forward pass at the pr
 
 FLOPs are counted with ``torch.utils.flop_counter`` on one image in float32 on the CPU. Torch's counter gives
 the CPU fused attention kernel 0 FLOPs (pytorch issue #195460) while it counts explicit matmuls, which would bias
-any comparison against attentions that cannot use the fused kernel (Elliptical, RKDE, MoM). We register the
-two-matmul count for the fused kernels, so fused and explicit attention count identically (see ATTENTION_COUNTING).
+any comparison against attentions that cannot use the fused kernel. We register the two-matmul count for the fused
+kernels (and count a query-key cdist as the Q K^T matmul it replaces), so fused and explicit attention count
+identically (see ATTENTION_COUNTING).
 """
 
 import argparse
@@ -36,13 +37,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import ellbench
 from ellbench.errors import EllbenchError
+from ellbench.models.factory import build_model, family_of
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 ATTENTION_COUNTING = (
     "FLOPs = 2 x multiply-accumulates of matmul/linear/conv ops (torch.utils.flop_counter), forward pass, per image; "
     "attention counts its two matmuls QK^T and AV (2*N*N*D_h FLOPs each per head) whether it runs fused "
-    "(scaled_dot_product_attention) or as explicit matmuls; softmax, scaling, norms and activations are not counted"
+    "(scaled_dot_product_attention) or as explicit matmuls, and a query-key cdist (kernel attentions) counts as the "
+    "Q K^T matmul it replaces; softmax, scaling, norms and activations are not counted"
 )
 
 MIB = 2**20
@@ -58,16 +61,35 @@ def _fused_attention_flops(query_shape, key_shape, value_shape, *args, out_shape
     return 2 * batch * heads * query_len * key_len * (head_dim + value_dim)
 
 
-def _fused_attention_ops() -> list:
-    """Fused attention kernels that torch's flop counter leaves at 0 (the CUDA ones are registered already)."""
-    names = ["_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable"]
-    return [getattr(torch.ops.aten, name) for name in names if hasattr(torch.ops.aten, name)]
+def _pairwise_distance_flops(x1_shape, x2_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of cdist(x1 [..., P, M], x2 [..., R, M]) counted as the matmul x1 x2^T it reduces to for p=2."""
+    *batch, rows, features = x1_shape
+    batch_size = 1
+    for size in batch:
+        batch_size *= size
+    return 2 * batch_size * rows * x2_shape[-2] * features
+
+
+def _uncounted_ops() -> dict:
+    """Formulas for ops that torch's counter leaves at 0 (its CUDA attention kernels are registered already).
+
+    The CPU fused attention kernel (pytorch #195460) and cdist, which kernel attentions (KDE, RKDE, MoM) use for
+    their query-key distances in place of Q K^T: both are counted as the matmuls they stand for.
+    """
+    formulas = {
+        "_scaled_dot_product_flash_attention_for_cpu": _fused_attention_flops,
+        "_scaled_dot_product_fused_attention_overrideable": _fused_attention_flops,
+        "cdist": _pairwise_distance_flops,
+        "_cdist_forward": _pairwise_distance_flops,
+        "_euclidean_dist": _pairwise_distance_flops,
+    }
+    aten = torch.ops.aten
+    return {getattr(aten, name): formula for name, formula in formulas.items() if hasattr(aten, name)}
 
 
 def count_flops(model: nn.Module, images: torch.Tensor) -> tuple[int, dict[str, int]]:
     """Forward FLOPs of `model` on `images` and their split by operator, attention counted as in ATTENTION_COUNTING."""
-    custom_mapping = {op: _fused_attention_flops for op in _fused_attention_ops()}
-    counter = FlopCounterMode(display=False, custom_mapping=custom_mapping)
+    counter = FlopCounterMode(display=False, custom_mapping=_uncounted_ops())
     with torch.inference_mode(), counter:
         model(images)
     by_op = {str(op).removeprefix("aten."): int(flops) for op, flops in counter.get_flop_counts()["Global"].items()}
@@ -119,9 +141,7 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def _check_settings(name, batch_size, img_size, amp, threads, repeats, warmup, steps, latency_steps) -> None:
-    if not timm.is_model(name):
-        raise EllbenchError(f"unknown model '{name}' (`ellbench models` lists them)")
+def _check_settings(batch_size, img_size, amp, threads, repeats, warmup, steps, latency_steps) -> None:
     if amp not in AMP_DTYPES:
         raise EllbenchError(f"unknown --amp '{amp}' (use one of: {', '.join(AMP_DTYPES)})")
     positive = {"batch size": batch_size, "repeats": repeats, "steps": steps, "latency steps": latency_steps}
@@ -177,18 +197,7 @@ def device_name(device: torch.device) -> str:
 
 def build_profiled_model(name: str, *, img_size: int | None = None, checkpoint=None, seed: int = 0) -> nn.Module:
     """The raw timm network of `name` in eval mode (normalisation wrapper left out, as timm's benchmark does)."""
-    try:
-        from ellbench.models.factory import build_model
-    except ModuleNotFoundError:
-        build_model = None
-    if build_model is not None:
-        return build_model(name, img_size=img_size, checkpoint=checkpoint, seed=seed).model.eval()
-    if checkpoint is not None:
-        raise EllbenchError("--checkpoint needs ellbench.models.factory, which this installation does not have")
-    kwargs = {} if img_size is None else {"img_size": img_size}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return timm.create_model(name, **kwargs).eval()
+    return build_model(name, img_size=img_size, checkpoint=checkpoint, seed=seed).model.eval()
 
 
 def model_image_size(model: nn.Module, img_size: int | None) -> int:
@@ -321,7 +330,7 @@ def measure_cpu_memory_here(settings: dict) -> dict:
             set_fused_attention(model, settings["fused_attn"])
         images = random_images(settings["batch_size"], model_image_size(model, settings["img_size"]), settings["seed"])
         model_bytes = _resident_bytes() - baseline
-        forward = torch.compile(model) if settings["compile"] else model
+        forward = torch.compile(model, dynamic=False) if settings["compile"] else model
         # Building the model can leave a transient peak (initialisers); what we want is the forward pass's.
         peak_was_reset = _reset_peak_resident()
         with torch.inference_mode(), _autocast(device, settings["amp"]):
@@ -392,7 +401,7 @@ def profile_model(
     `fused_attn` None keeps each model's own setting (timm's default is fused); True/False forces it where a
     module has timm's `fused_attn` flag. The returned dict is flat and JSON-able, with every setting recorded.
     """
-    _check_settings(name, batch_size, img_size, amp, threads, repeats, warmup, steps, latency_steps)
+    _check_settings(batch_size, img_size, amp, threads, repeats, warmup, steps, latency_steps)
     torch_device = resolve_device(device)
     with torch_threads(threads):
         model = build_profiled_model(name, img_size=img_size, checkpoint=checkpoint, seed=seed)
@@ -402,7 +411,7 @@ def profile_model(
         flops, flops_by_op = count_flops(model, random_images(1, side, seed))
         result = {
             "model": name,
-            "family": name.split("_")[0],
+            "family": family_of(name),
             "device": str(torch_device),
             "device_name": device_name(torch_device),
             "amp": amp,
@@ -429,7 +438,7 @@ def profile_model(
         }
         allocated_before_model = torch.cuda.memory_allocated(torch_device) if torch_device.type == "cuda" else 0
         model = model.to(torch_device)
-        forward = torch.compile(model) if compile else model
+        forward = torch.compile(model, dynamic=False) if compile else model
         images = random_images(batch_size, side, seed).to(torch_device)
         result |= measure_throughput(forward, images, warmup=warmup, steps=steps, repeats=repeats, amp=amp)
         result |= measure_latency(forward, images[:1], warmup=warmup, steps=latency_steps, amp=amp)

@@ -9,6 +9,7 @@ import timm
 import torch
 from timm.layers import Attention
 from torch import nn
+from torch.nn import functional as F
 
 from ellbench import profile
 from ellbench.errors import EllbenchError
@@ -55,6 +56,27 @@ def test_attention_toy_flops_equal_formula_fused_or_explicit(fused):
     scores_and_mixing = 2 * 2 * batch * tokens * tokens * dim
     assert flops == projections + scores_and_mixing
     assert by_op.get("mm", 0) + by_op.get("addmm", 0) == projections  # qkv has no bias (mm), proj has (addmm)
+
+
+class DistanceAttention(nn.Module):
+    """Kernel attention softmax(-|q - k|^2) v on a [B, H, N, D] input used as q, k and v."""
+
+    def forward(self, x):
+        return (-torch.cdist(x, x).square()).softmax(dim=-1) @ x
+
+
+class FusedAttention(nn.Module):
+    def forward(self, x):
+        return F.scaled_dot_product_attention(x, x, x)
+
+
+def test_distance_attention_counts_like_fused_dot_product_attention():
+    x = torch.rand(2, 3, 10, 8)  # [B, H, N, D]
+    two_matmuls = 2 * 2 * 2 * 3 * 10 * 10 * 8
+    distance_flops, _ = profile.count_flops(DistanceAttention(), x)
+    fused_flops, fused_ops = profile.count_flops(FusedAttention(), x)
+    assert distance_flops == fused_flops == two_matmuls
+    assert list(fused_ops) == ["_scaled_dot_product_flash_attention_for_cpu"]  # the kernel torch counts as 0
 
 
 def test_deit_tiny_flops_match_analytic_count_with_and_without_fused_attention():
