@@ -8,6 +8,7 @@ import timm
 import torch
 
 import ellbench.models  # noqa: F401  (registers the models)
+from ellbench.errors import EllbenchError
 from ellbench.models.kde import (
     KDEAttention,
     MoMAttention,
@@ -166,7 +167,7 @@ def x():
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_kde_matches_loop_reference(x, fused):
-    module = make(KDEAttention, fused=fused)
+    module = make(KDEAttention, fused_attn=fused)
     torch.testing.assert_close(module(x), loop_kde(module, x), rtol=1e-10, atol=1e-12)
 
 
@@ -219,7 +220,7 @@ RKDE_SETTINGS = [
 @pytest.mark.parametrize("settings", RKDE_SETTINGS, ids=lambda s: f"{s['loss']}-{s['num_iter']}-{s['kirwls']}")
 @pytest.mark.parametrize("fused", [True, False])
 def test_rkde_matches_loop_reference(x, settings, fused):
-    module = make(RKDEAttention, fused=fused, **settings)
+    module = make(RKDEAttention, fused_attn=fused, **settings)
     expected = loop_rkde(module, x, settings["loss"], settings["huber_a"], settings["num_iter"], settings["kirwls"])
     torch.testing.assert_close(module(x), expected, rtol=1e-10, atol=1e-12)
 
@@ -230,7 +231,7 @@ def test_rkde_matches_loop_reference(x, settings, fused):
 @pytest.mark.parametrize("median_over", ["batch", "sample"])
 @pytest.mark.parametrize("fused", [True, False])
 def test_mom_picks_the_median_subset_and_attends_over_it(x, fused, median_over):
-    module = make(MoMAttention, fused=fused, num_subsets=5, outlier_fraction=0.34, median_over=median_over, seed=3)
+    module = make(MoMAttention, fused_attn=fused, num_subsets=5, outlier_fraction=0.34, median_over=median_over, seed=3)
     subsets = module.sample_subsets(TOKENS).tolist()
     assert all(len(s) == int(TOKENS * 0.66) == 3 and s == sorted(s) and len(set(s)) == 3 for s in subsets)
     likelihoods = loop_subset_likelihoods(module, x, subsets)
@@ -249,8 +250,8 @@ def test_mom_picks_the_median_subset_and_attends_over_it(x, fused, median_over):
 
 def test_mom_fused_and_reference_agree_on_a_model():
     torch.manual_seed(0)
-    fused = timm.create_model("mom_micro_patch4_32", fused=True, seed=7).double().eval()
-    explicit = timm.create_model("mom_micro_patch4_32", fused=False, seed=7).double().eval()
+    fused = timm.create_model("mom_micro_patch4_32", fused_attn=True, seed=7).double().eval()
+    explicit = timm.create_model("mom_micro_patch4_32", fused_attn=False, seed=7).double().eval()
     explicit.load_state_dict(fused.state_dict())
     images = torch.rand(3, 3, 32, 32, dtype=torch.float64)
     torch.testing.assert_close(fused(images), explicit(images), rtol=1e-9, atol=1e-10)
@@ -322,8 +323,23 @@ def test_micro_models_train_a_step(family):
 
 
 def test_attention_options_pass_through_create_model():
-    model = timm.create_model("rkde_micro_patch4_32", loss="hampel", huber_a=0.4, num_iter=2, fused=False)
+    model = timm.create_model("rkde_micro_patch4_32", loss="hampel", huber_a=0.4, num_iter=2, fused_attn=False)
     attn = model.blocks[0].attn
     assert (attn.loss, attn.huber_a, attn.num_iter, attn.fused_attn) == ("hampel", 0.4, 2, False)
     mom = timm.create_model("mom_micro_patch4_32", seed=10, num_subsets=3)
     assert [b.attn.seed for b in mom.blocks] == list(range(10, 16)) and mom.blocks[0].attn.num_subsets == 3
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("rkde_micro_patch4_32", dict(loss="tukey")),
+        ("rkde_micro_patch4_32", dict(num_iter=0)),
+        ("rkde_micro_patch4_32", dict(kirwls="paper")),
+        ("mom_micro_patch4_32", dict(sampling="python")),
+        ("mom_micro_patch4_32", dict(outlier_fraction=1.0)),
+    ],
+)
+def test_bad_attention_options_are_one_line_user_errors(name, options):
+    with pytest.raises(EllbenchError, match=next(iter(options))):
+        timm.create_model(name, **options)

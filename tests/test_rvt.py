@@ -8,6 +8,7 @@ import timm
 import torch
 
 import ellbench.models  # noqa: F401  (registers the models)
+from ellbench.errors import EllbenchError
 from ellbench.models.rvt import PAASAttention
 
 # (base_dims, depths, heads, masked_blocks) of the official robust_models.py registrations.
@@ -153,5 +154,5 @@ def test_micro_is_small_and_trains_on_small_images(side):
 def test_plus_mask_rejects_a_different_token_count():
     model = timm.create_model("rvt_small_plus", img_size=64).eval()
     assert model.transformers[0].blocks[0].attn.att_mask.shape == (6, 16, 16)
-    with pytest.raises(ValueError, match="PAAS mask"):
+    with pytest.raises(EllbenchError, match="PAAS mask"):
         model(torch.rand(1, 3, 96, 96))

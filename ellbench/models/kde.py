@@ -11,7 +11,7 @@ kernel K(x, y) = exp(-s |x - y|^2), s = D_h^-1/2,
 
 Since |k^_j| = 1, -s |q_i - k^_j|^2 = 2 s q_i.k^_j - s |q_i|^2 - s and the last two terms cancel in the softmax,
 so every variant is scaled dot-product attention with scale 2 s over the unit keys: the fused paths call
-F.scaled_dot_product_attention, RKDE's weights entering as an additive log-bias. `fused=False` selects the explicit
+F.scaled_dot_product_attention, RKDE's weights entering as an additive log-bias. `fused_attn=False` selects the explicit
 form of the authors' code (pairwise distances, log-space arithmetic), kept as the reference.
 
 Every class subclasses timm's Attention and keeps its parameter names, so a stock timm DeiT state dict loads
@@ -27,6 +27,7 @@ from timm.layers import Attention, resolve_self_attn_mask, use_fused_attn
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 
+from ellbench.errors import EllbenchError
 from ellbench.models.vit import bind_attn_layer, create_vit
 
 RobustLoss = Literal["huber", "hampel"]
@@ -42,13 +43,13 @@ class KDEAttention(Attention):
     """Multi-head attention as a Gaussian kernel density estimator over L2-normalised keys (DeiT-KDE).
 
     Args (beyond timm's Attention):
-        fused: use F.scaled_dot_product_attention (default: timm's `use_fused_attn()`, i.e. TIMM_FUSED_ATTN);
+        fused_attn: use F.scaled_dot_product_attention (default: timm's `use_fused_attn()`, i.e. TIMM_FUSED_ATTN);
             False computes the explicit kernel form of the authors' code.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, *, fused: bool | None = None, **kwargs):
+    def __init__(self, dim: int, num_heads: int = 8, *, fused_attn: bool | None = None, **kwargs):
         super().__init__(dim, num_heads, **kwargs)
-        self.fused_attn = use_fused_attn() if fused is None else fused
+        self.fused_attn = use_fused_attn() if fused_attn is None else bool(fused_attn)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         B, N, _ = x.shape
@@ -77,12 +78,12 @@ class KDEAttention(Attention):
         return self.attn_drop(logits.softmax(dim=-1)) @ v
 
     def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}, fused={self.fused_attn}"
+        return f"num_heads={self.num_heads}, fused_attn={self.fused_attn}"
 
 
 def _no_mask(name: str, attn_mask, is_causal) -> None:
     if attn_mask is not None or is_causal:
-        raise ValueError(f"{name} attention weights all tokens of the sequence; masks are not supported")
+        raise EllbenchError(f"{name} attention weights all tokens of the sequence; masks are not supported")
 
 
 def robust_psi(h: torch.Tensor, loss: RobustLoss, a: float) -> torch.Tensor:
@@ -100,7 +101,7 @@ def robust_psi(h: torch.Tensor, loss: RobustLoss, a: float) -> torch.Tensor:
             torch.ones_like(h),
             torch.where(h < b, a / h, torch.where(h < c, a * (c - h) / ((c - b) * h), torch.full_like(h, 0.01))),
         )
-    raise ValueError(f"unknown robust loss {loss!r}; expected 'huber' or 'hampel'")
+    raise EllbenchError(f"unknown robust loss {loss!r}; expected 'huber' or 'hampel'")
 
 
 def robust_kde_log_weights(
@@ -123,9 +124,9 @@ def robust_kde_log_weights(
     Hampel with c = 3a <= 1 gives uniform weights (plain KDE).
     """
     if num_iter < 1:
-        raise ValueError(f"num_iter must be >= 1, got {num_iter}")
+        raise EllbenchError(f"num_iter must be >= 1, got {num_iter}")
     if form not in ("official", "textbook"):
-        raise ValueError(f"unknown KIRWLS form {form!r}; expected 'official' or 'textbook'")
+        raise EllbenchError(f"unknown KIRWLS form {form!r}; expected 'official' or 'textbook'")
     n = kernel.shape[-1]
     w = kernel.new_full(kernel.shape[:-1], 1.0 / n)  # [B, H, N]
     for step in range(num_iter):
@@ -167,7 +168,7 @@ class RKDEAttention(KDEAttention):
         super().__init__(dim, num_heads, **kwargs)
         robust_psi(torch.ones(1), loss, huber_a)  # validates the loss name now rather than at the first forward
         if num_iter < 1 or kirwls not in ("official", "textbook"):
-            raise ValueError(f"invalid RKDE settings: num_iter={num_iter}, kirwls={kirwls!r}")
+            raise EllbenchError(f"invalid RKDE settings: num_iter={num_iter}, kirwls={kirwls!r}")
         self.loss, self.huber_a, self.num_iter, self.kirwls = loss, huber_a, num_iter, kirwls
 
     def robust_log_weights(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,9 +235,9 @@ class MoMAttention(KDEAttention):
     ):
         super().__init__(dim, num_heads, **kwargs)
         if num_subsets < 1 or not 0.0 <= outlier_fraction < 1.0:
-            raise ValueError(f"invalid MoM settings: num_subsets={num_subsets}, outlier_fraction={outlier_fraction}")
+            raise EllbenchError(f"invalid MoM settings: num_subsets={num_subsets}, outlier_fraction={outlier_fraction}")
         if sampling not in ("seeded", "numpy") or median_over not in ("batch", "sample"):
-            raise ValueError(f"invalid MoM settings: sampling={sampling!r}, median_over={median_over!r}")
+            raise EllbenchError(f"invalid MoM settings: sampling={sampling!r}, median_over={median_over!r}")
         self.num_subsets, self.outlier_fraction = num_subsets, outlier_fraction
         self.sampling, self.median_over = sampling, median_over
         self.reseed(seed)
@@ -296,9 +297,9 @@ class MoMAttention(KDEAttention):
 
 # Attention options a variant accepts through timm.create_model(name, **options); the rest go to the ViT.
 ATTENTION_OPTIONS = {
-    KDEAttention: ("fused",),
-    RKDEAttention: ("fused", "loss", "huber_a", "num_iter", "kirwls"),
-    MoMAttention: ("fused", "num_subsets", "outlier_fraction", "sampling", "seed", "median_over"),
+    KDEAttention: ("fused_attn",),
+    RKDEAttention: ("fused_attn", "loss", "huber_a", "num_iter", "kirwls"),
+    MoMAttention: ("fused_attn", "num_subsets", "outlier_fraction", "sampling", "seed", "median_over"),
 }
 
 

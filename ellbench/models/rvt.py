@@ -25,6 +25,8 @@ from timm.layers import Attention, DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from ellbench.errors import EllbenchError
+
 
 @dataclass(frozen=True)
 class StemCfg:
@@ -136,7 +138,7 @@ class PAASAttention(Attention):
             return super().forward(x)
         B, N, C = x.shape
         if N != self.att_mask.shape[-1]:
-            raise ValueError(f"PAAS mask is for {self.att_mask.shape[-1]} tokens, got {N}: use the model's img_size")
+            raise EllbenchError(f"PAAS mask is for {self.att_mask.shape[-1]} tokens, got {N}: use the model's img_size")
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         attn = (q @ k.transpose(-2, -1)) * self.scale * self.att_mask.sigmoid()  # [B, H, N, N]
         attn = self.attn_drop(attn.softmax(dim=-1))
