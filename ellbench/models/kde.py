@@ -171,13 +171,22 @@ class RKDEAttention(KDEAttention):
             raise EllbenchError(f"invalid RKDE settings: num_iter={num_iter}, kirwls={kirwls!r}")
         self.loss, self.huber_a, self.num_iter, self.kirwls = loss, huber_a, num_iter, kirwls
 
+    def gaussian_grams(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian Gram matrices [B, H, N, N] of the unit keys and of the concatenations [k^_j; v_j]."""
+        if not self.fused_attn:
+            kv = torch.cat((k, v), dim=-1)  # [B, H, N, 2 D_h]
+            return (-self.scale * _sq_dist(k, k)).exp(), (-self.scale * _sq_dist(kv, kv)).exp()
+        # |k^_i - k^_j|^2 = 2 - 2 k^_i.k^_j, and the [k^; v] distance adds |v_i - v_j|^2: two matmuls, no cdist
+        kernel_k = (2 * self.scale * (k @ k.transpose(-2, -1) - 1)).exp()
+        v_sq = v.square().sum(-1)  # [B, H, N]
+        v_dist = (v_sq.unsqueeze(-1) + v_sq.unsqueeze(-2) - 2 * v @ v.transpose(-2, -1)).clamp_min(0)
+        return kernel_k, kernel_k * (-self.scale * v_dist).exp()
+
     def robust_log_weights(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-weights (marginal over keys, joint over key-values), each [B, H, N]."""
-        kv = torch.cat((k, v), dim=-1)  # [B, H, N, 2 D_h]
+        kernel_k, kernel_kv = self.gaussian_grams(k, v)
         options = dict(loss=self.loss, a=self.huber_a, num_iter=self.num_iter, form=self.kirwls)
-        log_w_k = robust_kde_log_weights((-self.scale * _sq_dist(k, k)).exp(), **options)
-        log_w_kv = robust_kde_log_weights((-self.scale * _sq_dist(kv, kv)).exp(), **options)
-        return log_w_k, log_w_kv
+        return robust_kde_log_weights(kernel_k, **options), robust_kde_log_weights(kernel_kv, **options)
 
     def _attend(self, q, k, v, attn_mask, is_causal):
         _no_mask("RKDE", attn_mask, is_causal)
