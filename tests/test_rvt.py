@@ -151,6 +151,12 @@ def test_micro_is_small_and_trains_on_small_images(side):
     assert torch.isfinite(loss) and model.patch_embed.proj[0].weight.grad.abs().sum() > 0
 
 
+def test_patch_size_sets_the_stem_stride():
+    model = timm.create_model("rvt_micro_32", img_size=8, patch_size=2).eval()
+    with torch.no_grad():
+        assert model.forward_features(torch.rand(1, 3, 8, 8)).shape == (1, 128, 4, 4)  # 8 px / stride 2
+
+
 def test_plus_mask_rejects_a_different_token_count():
     model = timm.create_model("rvt_small_plus", img_size=64).eval()
     assert model.transformers[0].blocks[0].attn.att_mask.shape == (6, 16, 16)

@@ -16,7 +16,7 @@ Parameter names follow the official code, so its checkpoints (rvt_ti.pth, ...) l
 micro DeiT (embed 128, 4 heads, depth 6).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -209,8 +209,12 @@ class RVT(nn.Module):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        patch_size: int | None = None,
     ):
+        """`patch_size` overrides the stride of the stem's last conv (4 in every official variant)."""
         super().__init__()
+        if patch_size is not None:
+            cfg = replace(cfg, stem=replace(cfg.stem, patch=patch_size))
         dims = [d * h for d, h in zip(cfg.base_dims, cfg.heads, strict=True)]
         height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         grid_tokens = cfg.stem.grid(height) * cfg.stem.grid(width)
