@@ -202,9 +202,14 @@ def corrupt_tensor(images: torch.Tensor, corruption: str, severity: int, *, seed
 
 
 class CorruptedDataset(torch.utils.data.Dataset):
-    """Any data set of ([3, H, W] in [0, 1], label) with one corruption applied to each image on the fly."""
+    """Any data set of ([3, H, W] in [0, 1], label) with one corruption applied to each image.
 
-    def __init__(self, base, corruption: str, severity: int, *, seed: int = 0):
+    Lazily, per batch; or with precompute=True all at once when built (kept as uint8), so that several models
+    evaluated on the same entry pay for the corruption once.
+    """
+
+    def __init__(self, base, corruption: str, severity: int, *, seed: int = 0, precompute: bool = False,
+                 chunk_size: int = 256):
         check_corruption(corruption, severity)
         self.base, self.corruption, self.severity, self.seed = base, corruption, severity, seed
         self.name = f"{base.name}/{corruption}/{severity}"
@@ -212,21 +217,32 @@ class CorruptedDataset(torch.utils.data.Dataset):
                             f"ic={IMAGECORRUPTIONS_VERSION}")
         self.num_classes, self.image_size, self.class_names = base.num_classes, base.image_size, base.class_names
         self.upsampled = base.image_size is not None and base.image_size < MIN_SIDE
+        self.precomputed = None
+        if precompute:
+            chunks = [self._corrupt(torch.arange(start, min(start + chunk_size, len(base))))
+                      for start in range(0, len(base), chunk_size)]
+            self.precomputed = (torch.cat([(images * 255).round().to(torch.uint8) for images, _ in chunks]),
+                                torch.cat([labels for _, labels in chunks]))
+
+    def _corrupt(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from ellbench.data import dataset_batch
+
+        images, labels = dataset_batch(self.base, indices)
+        return corrupt_tensor(images, self.corruption, self.severity, seed=self.seed)[0], labels
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, index: int):
-        image, label = self.base[index]
-        corrupted, _ = corrupt_tensor(image[None], self.corruption, self.severity, seed=self.seed)
-        return corrupted[0], label
+        images, labels = self.get_batch(torch.tensor([index]))
+        return images[0], int(labels[0])
 
     def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images [B, 3, H, W] and labels [B], through the base set's batch path when it has one."""
-        from ellbench.data import dataset_batch
-
-        images, labels = dataset_batch(self.base, indices)
-        return corrupt_tensor(images, self.corruption, self.severity, seed=self.seed)[0], labels
+        """Images [B, 3, H, W] float in [0, 1] and labels [B]."""
+        if self.precomputed is None:
+            return self._corrupt(indices)
+        images, labels = self.precomputed
+        return images[indices].float().div_(255.0), labels[indices]
 
 
 def corruption_evaluator(model, corruption: str, severity: int, *, seed: int = 0, device: str = "cpu"):
@@ -573,9 +589,11 @@ def _mean(values: Iterable[float]) -> float | None:
 
 
 def corrupted_dataset(corruption: str, severity: int, *, clean=None, imagenet_c=None, seed: int = 0, cache_dir=None,
-                      workers: int | None = None, skip_bad_images: bool = False, limit: int | None = None):
+                      workers: int | None = None, skip_bad_images: bool = False, limit: int | None = None,
+                      precompute: bool = False):
     """The data set of one suite entry: released ImageNet-C if `imagenet_c` is given, else generated from the clean
-    ImageNet-style folder `clean` (an ImageFolderDataset), else `clean` (any in-memory set) corrupted on the fly."""
+    ImageNet-style folder `clean` (an ImageFolderDataset), else `clean` (any in-memory set) corrupted on the fly
+    (or all at once with precompute=True)."""
     if imagenet_c is not None:
         return imagenet_c_folder(imagenet_c, corruption, severity, skip_bad_images=skip_bad_images, limit=limit)
     if isinstance(clean, ImageFolderDataset):
@@ -583,14 +601,22 @@ def corrupted_dataset(corruption: str, severity: int, *, clean=None, imagenet_c=
                                   img_size=clean.img_size, resize=clean.resize)
     if clean is None:
         raise EllbenchError("corruptions need clean data (--data) or a released ImageNet-C folder (--imagenet-c)")
-    return CorruptedDataset(clean, corruption, severity, seed=seed)
+    return CorruptedDataset(clean, corruption, severity, seed=seed, precompute=precompute)
+
+
+def corrupted_datasets(suite: CorruptionSuite, **sources) -> dict[tuple[str, int], object]:
+    """corrupted_dataset for every entry of a suite, to share between models (pass as run_corruption_suite's
+    `datasets`); keyword arguments as corrupted_dataset's, e.g. clean=..., precompute=True."""
+    return {(c, s): corrupted_dataset(c, s, **sources) for c, s in suite.entries()}
 
 
 def run_corruption_suite(store, loaded, suite: CorruptionSuite, *, clean=None, imagenet_c=None, batch_size: int = 64,
                          seed: int = 0, cache_dir=None, workers: int | None = None, skip_bad_images: bool = False,
-                         limit: int | None = None, baseline: str | None = None, progress: bool = True) -> dict:
+                         limit: int | None = None, baseline: str | None = None, progress: bool = True,
+                         datasets: dict | None = None) -> dict:
     """Evaluate one model on every (corruption, severity) of a suite, each a resumable job; return the summary.
 
+    `datasets` holds entries' data sets built beforehand by corrupted_datasets (with the same clean/imagenet_c).
     `loaded` is an ellbench.evaluate.LoadedModel. `clean` (a data set) also gives the clean error for relative
     mCE. AlexNet-relative CE and mCE are computed only for 1000-class (ImageNet) data; the baseline used, the
     source of the corrupted images, skipped files and small-image upsampling are recorded in the summary.
@@ -603,8 +629,11 @@ def run_corruption_suite(store, loaded, suite: CorruptionSuite, *, clean=None, i
     baseline = baseline or suite.baseline
     errors, entries, fingerprints = {}, [], []
     for corruption, severity in suite.entries():
-        dataset = corrupted_dataset(corruption, severity, clean=clean, imagenet_c=imagenet_c, seed=seed,
-                                    cache_dir=cache_dir, workers=workers, skip_bad_images=skip_bad_images, limit=limit)
+        dataset = datasets.get((corruption, severity)) if datasets else None
+        if dataset is None:
+            dataset = corrupted_dataset(corruption, severity, clean=clean, imagenet_c=imagenet_c, seed=seed,
+                                        cache_dir=cache_dir, workers=workers, skip_bad_images=skip_bad_images,
+                                        limit=limit)
         notes = {"corruption_source": source, "skipped_images": getattr(dataset, "skipped", 0),
                  "upsampled": getattr(dataset, "upsampled", False)}
         key = job_key(model=loaded.name, checkpoint=loaded.checkpoint_id, data=dataset.fingerprint, task="corruption",

@@ -286,6 +286,14 @@ def test_suite_run_in_memory_is_stored_and_reused(tmp_path):
     seen = model.seen
     assert C.run_corruption_suite(store, loaded(model), suite, clean=digits, batch_size=4, progress=False) == summary
     assert model.seen == seen  # every job came from the store
+    shared = C.corrupted_datasets(suite, clean=digits, precompute=True)  # built once, shared between models
+    lazy = C.CorruptedDataset(digits, "fog", 3)
+    assert torch.equal(shared["fog", 3].get_batch(torch.arange(6))[0], lazy.get_batch(torch.arange(6))[0])
+    assert shared["fog", 3].fingerprint == lazy.fingerprint
+    fresh_store = Store(tmp_path / "other.sqlite")
+    again = C.run_corruption_suite(fresh_store, loaded(model), suite, clean=digits, batch_size=4, progress=False,
+                                   datasets=shared)
+    assert [e["error"] for e in again["entries"]] == [e["error"] for e in summary["entries"]]
 
 
 def test_suite_run_generated_from_a_clean_folder_gives_mce(clean_folder, tmp_path):
