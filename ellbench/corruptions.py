@@ -292,6 +292,9 @@ def imagenet_c_folder(root, corruption: str, severity: int, *, skip_bad_images: 
 # ImageNet-C generated from a clean folder, in worker processes, cached on disk
 
 
+GENERATOR_VERSION = 1  # bump when generation changes, so stale cached images are not reused
+
+
 def default_cache_dir() -> Path:
     """$XDG_CACHE_HOME/ellbench/imagenet-c (default ~/.cache/ellbench/imagenet-c)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ellbench" / "imagenet-c"
@@ -310,7 +313,7 @@ class GenerationSettings:
 
     def cache_path(self, cache_dir: Path, image_hash: str) -> Path:
         suffix = f"q{self.jpeg_quality}.JPEG" if self.jpeg_quality else "png"
-        variant = f"seed{self.seed}-{self.resize}-{self.img_size}-ic{IMAGECORRUPTIONS_VERSION}"
+        variant = f"seed{self.seed}-{self.resize}-{self.img_size}-ic{IMAGECORRUPTIONS_VERSION}-v{GENERATOR_VERSION}"
         return cache_dir / self.corruption / str(self.severity) / variant / image_hash[:2] / f"{image_hash}.{suffix}"
 
 
@@ -366,10 +369,14 @@ def generate_cached(sources: Iterable[Path], settings: GenerationSettings, cache
         return targets
     with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context()) as pool:
         futures = [pool.submit(_generate_into_cache, source, target, settings) for target, source in missing]
-        for done, future in enumerate(as_completed(futures), 1):
-            future.result()  # re-raises a worker's EllbenchError (naming the bad file) here
-            if progress:
-                progress(done, len(missing))
+        try:
+            for done, future in enumerate(as_completed(futures), 1):
+                future.result()  # re-raises a worker's EllbenchError (naming the bad file) here
+                if progress:
+                    progress(done, len(missing))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # stop at the first failure; finished files stay cached
+            raise
     return targets
 
 
@@ -385,7 +392,7 @@ class GeneratedImageNetC(torch.utils.data.Dataset):
 
     `clean` is a folder path or an ImageFolderDataset (whose files, labels, limit and skipped files are then used).
     All images are generated, or found in the cache, when the data set is built, so reading it only decodes cached
-    files. Cache layout: <cache_dir>/<corruption>/<severity>/seed<seed>-<resize>-<img_size>-ic<version>/
+    files. Cache layout: <cache_dir>/<corruption>/<severity>/seed<seed>-<resize>-<img_size>-ic<version>-v<gen>/
     <sha[:2]>/<sha>.q85.JPEG, where sha is the sha256 of the clean file's bytes. `upsampled` is True when
     img_size < 32 forced the upsample-corrupt-downsample path.
     """
@@ -406,7 +413,7 @@ class GeneratedImageNetC(torch.utils.data.Dataset):
         self.num_classes, self.class_names, self.image_size = self.clean.num_classes, self.clean.class_names, img_size
         self.name = f"{self.clean.name}/generated-c/{corruption}/{severity}"
         self.fingerprint = (f"{self.clean.fingerprint}|generated-c:{corruption}:{severity}:seed={seed}:"
-                            f"{resize}-{img_size}:q={jpeg_quality}:ic={IMAGECORRUPTIONS_VERSION}")
+                            f"{resize}-{img_size}:q={jpeg_quality}:ic={IMAGECORRUPTIONS_VERSION}:v{GENERATOR_VERSION}")
 
     def __len__(self) -> int:
         return len(self.files)
