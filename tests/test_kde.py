@@ -343,3 +343,17 @@ def test_attention_options_pass_through_create_model():
 def test_bad_attention_options_are_one_line_user_errors(name, options):
     with pytest.raises(EllbenchError, match=next(iter(options))):
         timm.create_model(name, **options)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("family", ["rkde", "mom"])
+def test_bfloat16_autocast_stays_close_to_float32(family, fused):
+    torch.manual_seed(0)
+    model = timm.create_model(f"{family}_micro_patch4_32", fused_attn=fused, img_size=16).eval()
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        full = model(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(images)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), full, rtol=0.1, atol=0.1)

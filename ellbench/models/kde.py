@@ -183,23 +183,29 @@ class RKDEAttention(KDEAttention):
         return kernel_k, kernel_k * (-self.scale * v_dist).exp()
 
     def robust_log_weights(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-weights (marginal over keys, joint over key-values), each [B, H, N]."""
-        kernel_k, kernel_kv = self.gaussian_grams(k, v)
-        options = dict(loss=self.loss, a=self.huber_a, num_iter=self.num_iter, form=self.kirwls)
-        return robust_kde_log_weights(kernel_k, **options), robust_kde_log_weights(kernel_kv, **options)
+        """Log-weights (marginal over keys, joint over key-values), each [B, H, N], in at least float32.
+
+        Under half-precision autocast the Gram matrices and the iteration still run in float32: the weights come
+        from differences of kernel sums close to each other, which bfloat16 would blur.
+        """
+        dtype = torch.promote_types(k.dtype, torch.float32)
+        with torch.autocast(k.device.type, enabled=False):
+            kernel_k, kernel_kv = self.gaussian_grams(k.to(dtype), v.to(dtype))
+            options = dict(loss=self.loss, a=self.huber_a, num_iter=self.num_iter, form=self.kirwls)
+            return robust_kde_log_weights(kernel_k, **options), robust_kde_log_weights(kernel_kv, **options)
 
     def _attend(self, q, k, v, attn_mask, is_causal):
         _no_mask("RKDE", attn_mask, is_causal)
         log_w_k, log_w_kv = self.robust_log_weights(k, v)
         if self.fused_attn:
-            value_scale = (log_w_kv - log_w_k).exp().unsqueeze(-1)  # [B, H, N, 1]
+            value_scale = (log_w_kv - log_w_k).exp().unsqueeze(-1).to(v.dtype)  # [B, H, N, 1]
             bias = log_w_k.unsqueeze(-2).to(q.dtype)  # [B, H, 1, N], broadcast over queries
             return F.scaled_dot_product_attention(
                 q, k, v * value_scale, attn_mask=bias, dropout_p=self._dropout_p(), scale=2 * self.scale
             )
         logits = -self.scale * _sq_dist(q, k)  # [B, H, N, N]
         log_attn = log_w_kv.unsqueeze(-2) + logits - (log_w_k.unsqueeze(-2) + logits).logsumexp(-1, keepdim=True)
-        return self.attn_drop(log_attn.exp()) @ v
+        return self.attn_drop(log_attn.exp()).to(v.dtype) @ v
 
     def extra_repr(self) -> str:
         return (
