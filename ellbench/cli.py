@@ -184,7 +184,7 @@ def main() -> None:
         hint = " (see --help)" if isinstance(exc, click_exceptions.UsageError) else ""
         sys.stderr.write(f"error: {' '.join(exc.format_message().split())}{hint}\n")
         sys.exit(2)
-    except (KeyboardInterrupt, click_exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         sys.stderr.write("error: interrupted; every finished batch is stored, run the same command again to resume\n")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
