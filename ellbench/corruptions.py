@@ -348,16 +348,26 @@ def _worker_context():
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
+def file_hashes(paths: Iterable[Path]) -> list[str]:
+    """sha256 of each file's bytes: the cache key of its generated versions (compute once per suite run)."""
+    return [content_hash(_read_source(p)) for p in paths]
+
+
 def generate_cached(sources: Iterable[Path], settings: GenerationSettings, cache_dir, *, workers: int | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> list[Path]:
+                    progress: Callable[[int, int], None] | None = None,
+                    source_hashes: list[str] | None = None) -> list[Path]:
     """Cache paths of the ImageNet-C versions of `sources`, generating the missing ones over `workers` processes.
 
     progress(done, total) is called after each generated image. workers=None uses every CPU core; 1 runs here.
+    source_hashes (from file_hashes) saves re-reading every source when several entries share them.
     """
     check_corruption(settings.corruption, settings.severity)
     cache_dir = Path(cache_dir)
     sources = list(sources)
-    targets = [settings.cache_path(cache_dir, content_hash(_read_source(s))) for s in sources]
+    hashes = source_hashes if source_hashes is not None else file_hashes(sources)
+    if len(hashes) != len(sources):
+        raise EllbenchError(f"got {len(hashes)} source hashes for {len(sources)} source images")
+    targets = [settings.cache_path(cache_dir, h) for h in hashes]
     # One task per missing cache file (files with identical content share one), in a fixed order.
     missing = sorted({str(t): str(s) for s, t in zip(sources, targets, strict=True) if not t.is_file()}.items())
     workers = max(1, min(workers or os.cpu_count() or 1, len(missing) or 1))
@@ -400,14 +410,14 @@ class GeneratedImageNetC(torch.utils.data.Dataset):
     def __init__(self, clean, corruption: str, severity: int, *, seed: int = 0, cache_dir=None,
                  workers: int | None = None, img_size: int = 224, resize: int = 256, jpeg_quality: int | None = 85,
                  skip_bad_images: bool = False, limit: int | None = None,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, source_hashes: list[str] | None = None):
         check_corruption(corruption, severity)
         self.settings = GenerationSettings(corruption, severity, seed, img_size, resize, jpeg_quality)
         self.clean = clean if isinstance(clean, ImageFolderDataset) else ImageFolderDataset(
             clean, transform="none", skip_bad_images=skip_bad_images, limit=limit)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.files = generate_cached(self.clean.files, self.settings, self.cache_dir, workers=workers,
-                                     progress=progress)
+                                     progress=progress, source_hashes=source_hashes)
         self.labels = self.clean.labels
         self.skipped, self.upsampled = self.clean.skipped, img_size < MIN_SIDE
         self.num_classes, self.class_names, self.image_size = self.clean.num_classes, self.clean.class_names, img_size
@@ -597,7 +607,7 @@ def _mean(values: Iterable[float]) -> float | None:
 
 def corrupted_dataset(corruption: str, severity: int, *, clean=None, imagenet_c=None, seed: int = 0, cache_dir=None,
                       workers: int | None = None, skip_bad_images: bool = False, limit: int | None = None,
-                      precompute: bool = False):
+                      precompute: bool = False, source_hashes: list[str] | None = None):
     """The data set of one suite entry: released ImageNet-C if `imagenet_c` is given, else generated from the clean
     ImageNet-style folder `clean` (an ImageFolderDataset), else `clean` (any in-memory set) corrupted on the fly
     (or all at once with precompute=True)."""
@@ -605,7 +615,7 @@ def corrupted_dataset(corruption: str, severity: int, *, clean=None, imagenet_c=
         return imagenet_c_folder(imagenet_c, corruption, severity, skip_bad_images=skip_bad_images, limit=limit)
     if isinstance(clean, ImageFolderDataset):
         return GeneratedImageNetC(clean, corruption, severity, seed=seed, cache_dir=cache_dir, workers=workers,
-                                  img_size=clean.img_size, resize=clean.resize)
+                                  img_size=clean.img_size, resize=clean.resize, source_hashes=source_hashes)
     if clean is None:
         raise EllbenchError("corruptions need clean data (--data) or a released ImageNet-C folder (--imagenet-c)")
     return CorruptedDataset(clean, corruption, severity, seed=seed, precompute=precompute)
@@ -614,6 +624,8 @@ def corrupted_dataset(corruption: str, severity: int, *, clean=None, imagenet_c=
 def corrupted_datasets(suite: CorruptionSuite, **sources) -> dict[tuple[str, int], object]:
     """corrupted_dataset for every entry of a suite, to share between models (pass as run_corruption_suite's
     `datasets`); keyword arguments as corrupted_dataset's, e.g. clean=..., precompute=True."""
+    if isinstance(sources.get("clean"), ImageFolderDataset) and sources.get("imagenet_c") is None:
+        sources.setdefault("source_hashes", file_hashes(sources["clean"].files))
     return {(c, s): corrupted_dataset(c, s, **sources) for c, s in suite.entries()}
 
 
@@ -634,13 +646,14 @@ def run_corruption_suite(store, loaded, suite: CorruptionSuite, *, clean=None, i
     source = "imagenet-c" if imagenet_c is not None else "generated" if isinstance(clean, ImageFolderDataset) \
         else "in-memory"
     baseline = baseline or suite.baseline
+    hashes = file_hashes(clean.files) if source == "generated" and not datasets else None
     errors, entries, fingerprints = {}, [], []
     for corruption, severity in suite.entries():
         dataset = datasets.get((corruption, severity)) if datasets else None
         if dataset is None:
             dataset = corrupted_dataset(corruption, severity, clean=clean, imagenet_c=imagenet_c, seed=seed,
                                         cache_dir=cache_dir, workers=workers, skip_bad_images=skip_bad_images,
-                                        limit=limit)
+                                        limit=limit, source_hashes=hashes)
         notes = {"corruption_source": source, "skipped_images": getattr(dataset, "skipped", 0),
                  "upsampled": getattr(dataset, "upsampled", False)}
         key = job_key(model=loaded.name, checkpoint=loaded.checkpoint_id, data=dataset.fingerprint, task="corruption",
