@@ -171,6 +171,17 @@ def test_kde_matches_loop_reference(x, fused):
     torch.testing.assert_close(module(x), loop_kde(module, x), rtol=1e-10, atol=1e-12)
 
 
+def test_kde_masks_agree_between_fused_and_explicit_paths(x):
+    fused, explicit = make(KDEAttention, fused_attn=True), make(KDEAttention, fused_attn=False)
+    bias = torch.randn(TOKENS, TOKENS, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    keep = torch.rand(TOKENS, TOKENS, generator=torch.Generator().manual_seed(3)) > 0.3
+    keep.fill_diagonal_(True)
+    for mask in (bias, keep):
+        torch.testing.assert_close(fused(x, attn_mask=mask), explicit(x, attn_mask=mask), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fused(x, is_causal=True), explicit(x, is_causal=True), rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(fused(x, attn_mask=bias), fused(x))
+
+
 # ---------------------------------------------------------------- RKDE
 
 
