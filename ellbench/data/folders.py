@@ -103,8 +103,10 @@ def _is_readable(path: Path) -> bool:
 
 
 def _evenly_spaced(count: int, limit: int | None) -> list[int]:
-    """`limit` indices at the centres of `limit` equal slices of range(count), so a class-sorted folder keeps its
-    classes when limited."""
+    """`limit` indices spread over range(count): the centre of each of `limit` equal slices.
+
+    A class-sorted folder limited this way keeps examples of every class, unlike its first `limit` files.
+    """
     if limit is None or limit >= count:
         return list(range(count))
     if limit <= 0:
