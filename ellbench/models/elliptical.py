@@ -47,11 +47,11 @@ def coordinate_relevance(
     if estimator not in ESTIMATORS:
         raise EllbenchError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     with torch.no_grad():
-        change = (values.detach() - prev_values.detach()).abs() / delta  # [B, H, N, D_h]
+        change = (values.detach() - prev_values.detach()).abs_()  # [B, H, N, D_h]
         if estimator == "mean":
-            m_hat = change.mean(dim=-2)  # [B, H, D_h]
+            m_hat = change.mean(dim=-2) / delta  # [B, H, D_h]
         else:
-            m_hat = change.median(dim=-2).values  # [B, H, D_h]
+            m_hat = change.median(dim=-2).values / delta  # [B, H, D_h]
         largest = m_hat.amax(dim=-1, keepdim=True)  # [B, H, 1]
         scaled = m_hat / largest.clamp_min(torch.finfo(m_hat.dtype).tiny)
         return torch.where(largest > 0, scaled, torch.ones_like(m_hat))
