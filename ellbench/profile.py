@@ -195,9 +195,11 @@ def device_name(device: torch.device) -> str:
 # ---------------------------------------------------------------------------------------------------- the model
 
 
-def build_profiled_model(name: str, *, img_size: int | None = None, checkpoint=None, seed: int = 0) -> nn.Module:
+def build_profiled_model(
+    name: str, *, img_size: int | None = None, num_classes: int | None = None, checkpoint=None, seed: int = 0
+) -> nn.Module:
     """The raw timm network of `name` in eval mode (normalisation wrapper left out, as timm's benchmark does)."""
-    return build_model(name, img_size=img_size, checkpoint=checkpoint, seed=seed).model.eval()
+    return build_model(name, img_size=img_size, num_classes=num_classes, checkpoint=checkpoint, seed=seed).model.eval()
 
 
 def model_image_size(model: nn.Module, img_size: int | None) -> int:
@@ -323,9 +325,8 @@ def measure_cpu_memory_here(settings: dict) -> dict:
         _load_kernels(device, settings["amp"])
         gc.collect()
         baseline = _resident_bytes()
-        model = build_profiled_model(
-            settings["name"], img_size=settings["img_size"], checkpoint=settings["checkpoint"], seed=settings["seed"]
-        )
+        build = {key: settings[key] for key in ("name", "img_size", "num_classes", "checkpoint", "seed")}
+        model = build_profiled_model(**build)
         if settings["fused_attn"] is not None:
             set_fused_attention(model, settings["fused_attn"])
         images = random_images(settings["batch_size"], model_image_size(model, settings["img_size"]), settings["seed"])
@@ -393,6 +394,7 @@ def profile_model(
     latency_steps: int = 50,
     fused_attn: bool | None = None,
     measure_memory: bool = True,
+    num_classes: int | None = None,
     checkpoint=None,
     seed: int = 0,
 ) -> dict:
@@ -403,39 +405,14 @@ def profile_model(
     """
     _check_settings(batch_size, img_size, amp, threads, repeats, warmup, steps, latency_steps)
     torch_device = resolve_device(device)
+    build = dict(name=name, img_size=img_size, num_classes=num_classes, checkpoint=checkpoint, seed=seed)
     with torch_threads(threads):
-        model = build_profiled_model(name, img_size=img_size, checkpoint=checkpoint, seed=seed)
+        model = build_profiled_model(**build)
         if fused_attn is not None:
             set_fused_attention(model, fused_attn)
         side = model_image_size(model, img_size)
-        flops, flops_by_op = count_flops(model, random_images(1, side, seed))
-        result = {
-            "model": name,
-            "family": family_of(name),
-            "device": str(torch_device),
-            "device_name": device_name(torch_device),
-            "amp": amp,
-            "dtype": "float32" if amp == "off" else f"float32 weights, {amp} autocast",
-            "compile": compile,
-            "threads": torch.get_num_threads(),
-            "batch_size": batch_size,
-            "img_size": side,
-            "fused_attention": fused_attention_state(model),
-            "params": count_parameters(model),
-            "flops_per_image": flops,
-            "gflops_per_image": flops / 1e9,
-            "gmacs_per_image": flops / 2e9,
-            "flops_by_op": flops_by_op,
-            "flops_counting": ATTENTION_COUNTING,
-            "warmup": warmup,
-            "steps": steps,
-            "repeats": repeats,
-            "seed": seed,
-            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if torch_device.type == "cuda" else None,
-            "torch_version": torch.__version__,
-            "timm_version": timm.__version__,
-            "ellbench_version": ellbench.__version__,
-        }
+        result = _describe(model, build, side, torch_device, amp, compile, batch_size)
+        result |= dict(warmup=warmup, steps=steps, repeats=repeats)
         allocated_before_model = torch.cuda.memory_allocated(torch_device) if torch_device.type == "cuda" else 0
         model = model.to(torch_device)
         forward = torch.compile(model, dynamic=False) if compile else model
@@ -449,13 +426,41 @@ def profile_model(
         if torch_device.type == "cuda":
             torch.cuda.empty_cache()
     if measure_memory and torch_device.type == "cpu":
-        child_settings = {
-            "name": name, "batch_size": batch_size, "img_size": img_size, "amp": amp, "compile": compile,
-            "threads": result["threads"], "fused_attn": fused_attn, "seed": seed,
-            "checkpoint": None if checkpoint is None else str(checkpoint),
-        }  # fmt: skip
-        result |= measure_cpu_memory(child_settings)
+        child = {**build, "checkpoint": None if checkpoint is None else str(checkpoint), "batch_size": batch_size,
+                 "amp": amp, "compile": compile, "threads": result["threads"], "fused_attn": fused_attn}  # fmt: skip
+        result |= measure_cpu_memory(child)
     return result
+
+
+def _describe(model, build: dict, side: int, device: torch.device, amp: str, compile: bool, batch_size: int) -> dict:
+    """Settings, environment, parameters and FLOPs of the profiled model: the untimed part of the result."""
+    flops, flops_by_op = count_flops(model, random_images(1, side, build["seed"]))
+    return {
+        "model": build["name"],
+        "family": family_of(build["name"]),
+        "device": str(device),
+        "device_name": device_name(device),
+        "amp": amp,
+        "dtype": "float32" if amp == "off" else f"float32 weights, {amp} autocast",
+        "compile": compile,
+        "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "img_size": side,
+        "num_classes": model.num_classes if hasattr(model, "num_classes") else None,
+        "checkpoint": None if build["checkpoint"] is None else str(build["checkpoint"]),
+        "seed": build["seed"],
+        "fused_attention": fused_attention_state(model),
+        "params": count_parameters(model),
+        "flops_per_image": flops,
+        "gflops_per_image": flops / 1e9,
+        "gmacs_per_image": flops / 2e9,
+        "flops_by_op": flops_by_op,
+        "flops_counting": ATTENTION_COUNTING,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None,
+        "torch_version": torch.__version__,
+        "timm_version": timm.__version__,
+        "ellbench_version": ellbench.__version__,
+    }
 
 
 # ----------------------------------------------------------------------------------------- python -m entry point

@@ -133,7 +133,7 @@ def test_latency_median_and_p90_match_numpy_on_known_durations():
 
 
 def test_cpu_peak_memory_grows_with_batch_size_in_fresh_children():
-    settings = dict(name="deit_tiny_patch16_224", img_size=None, amp="off", compile=False, threads=1,
+    settings = dict(name="deit_tiny_patch16_224", img_size=None, num_classes=None, amp="off", compile=False, threads=1,
                     fused_attn=None, seed=0, checkpoint=None)  # fmt: skip
     one = profile.measure_cpu_memory({**settings, "batch_size": 1})
     sixteen = profile.measure_cpu_memory({**settings, "batch_size": 16})
@@ -145,18 +145,20 @@ def test_cpu_peak_memory_grows_with_batch_size_in_fresh_children():
     assert sixteen["peak_memory_mib"] - one["peak_memory_mib"] >= extra_mib
 
 
-def test_profile_model_records_settings_and_counts(monkeypatch):
+def test_profile_model_records_settings_and_counts():
     threads_before = torch.get_num_threads()
     result = profile.profile_model(
-        "deit_tiny_patch16_224", batch_size=2, img_size=32, threads=1, repeats=2, warmup=1, steps=2,
-        latency_steps=3, fused_attn=False, measure_memory=False,
+        "deit_tiny_patch16_224", batch_size=2, img_size=32, num_classes=10, threads=1, repeats=2, warmup=1, steps=2,
+        latency_steps=3, fused_attn=False,
     )  # fmt: skip
     assert torch.get_num_threads() == threads_before
-    assert (result["threads"], result["img_size"], result["batch_size"]) == (1, 32, 2)
+    assert (result["threads"], result["img_size"], result["batch_size"], result["num_classes"]) == (1, 32, 2, 10)
     assert result["fused_attention"] == "off"
-    assert result["flops_per_image"] == 2 * deit_macs(32)
-    assert result["params"] == deit_tiny_params() - (197 - 5) * 192  # position embedding shrinks to 4 patches + CLS
+    assert result["flops_per_image"] == 2 * deit_macs(32, classes=10)
+    # 4 patches + CLS in the position embedding, 10 classes in the head
+    assert result["params"] == deit_tiny_params() - (197 - 5) * 192 - (1000 - 10) * (192 + 1)
     assert result["throughput_img_s"] > 0 and result["latency_ms_p90"] >= result["latency_ms_median"] * 0.5
+    assert result["peak_memory_mib"] > result["params"] * 4 / MIB  # from the child process: weights are resident
     assert result["device"] == "cpu" and "attention" in result["flops_counting"]
 
 
