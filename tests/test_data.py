@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gzip
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -192,10 +190,7 @@ def test_digits_fingerprint_is_stable_and_depends_on_the_limit():
     assert as_records(ten) == as_records(open_dataset("digits"))[:10]  # the limit keeps the first examples
     # A limit at or above the size is the whole set, so it is the same data and the same fingerprint.
     assert open_dataset("digits", limit=10_000).fingerprint == full
-    # Stable across processes (no hash randomisation, no dependence on import order).
-    code = "from ellbench.data import open_dataset; print(open_dataset('digits', limit=10).fingerprint)"
-    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    assert child.stdout.strip() == ten.fingerprint
+    # (Stable across processes too: test_store's SIGKILL test finds the killed process's job id again.)
 
 
 @pytest.mark.parametrize("call, fragment", [
