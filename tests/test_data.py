@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ellbench.data import dataset_batch, open_dataset
-from ellbench.data.builtin import FASHION_MNIST_FILES, read_idx
+from ellbench.data.builtin import FASHION_MNIST_DEFAULT_ROOT, FASHION_MNIST_FILES, read_idx
 from ellbench.errors import EllbenchError
 
 
@@ -123,6 +123,18 @@ def test_missing_fashion_mnist_folder_says_how_to_get_it(tmp_path):
     assert "apt-get install dataset-fashion-mnist" in message and "--data-root" in message
 
 
+@pytest.mark.skipif(not (FASHION_MNIST_DEFAULT_ROOT / FASHION_MNIST_FILES["test"][0]).is_file(),
+                    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+def test_the_installed_fashion_mnist_test_set_has_the_release_shape():
+    # The public release: 10,000 test images of 28x28, 1,000 per class.
+    dataset = open_dataset("fashion-mnist", "test")
+    assert len(dataset) == 10_000 and dataset.image_size == 28
+    assert torch.bincount(dataset.labels, minlength=10).tolist() == [1000] * 10
+    images, _ = dataset_batch(dataset, list(range(0, 10_000, 997)))
+    assert images.shape == (11, 3, 28, 28) and 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    assert open_dataset("fashion-mnist", "test", limit=5).fingerprint != dataset.fingerprint
+
+
 # --- digits ------------------------------------------------------------------------------------------------------
 
 def as_records(dataset) -> list[tuple[bytes, int]]:
@@ -191,6 +203,19 @@ def test_digits_fingerprint_is_stable_and_depends_on_the_limit():
     # A limit at or above the size is the whole set, so it is the same data and the same fingerprint.
     assert open_dataset("digits", limit=10_000).fingerprint == full
     # (Stable across processes too: test_store's SIGKILL test finds the killed process's job id again.)
+
+
+def test_fingerprint_covers_images_labels_and_name():
+    from ellbench.data.builtin import TensorImageDataset
+
+    images, labels = np.zeros((2, 3, 3), np.uint8), np.array([0, 1])
+    base = TensorImageDataset(images, labels, name="toy", class_names="ab").fingerprint
+    assert TensorImageDataset(images.copy(), labels.copy(), name="toy", class_names="ab").fingerprint == base
+    assert TensorImageDataset(images, labels[::-1].copy(), name="toy", class_names="ab").fingerprint != base
+    brighter = images.copy()
+    brighter[1, 2, 2] = 1
+    assert TensorImageDataset(brighter, labels, name="toy", class_names="ab").fingerprint != base
+    assert TensorImageDataset(images, labels, name="other", class_names="ab").fingerprint != base
 
 
 @pytest.mark.parametrize("call, fragment", [
