@@ -7,7 +7,7 @@
   own clean predictions. Robust accuracy is still measured against the true labels.
 
 torchattacks clamps every iterate to [0, 1]. The paper protocol therefore runs it in coordinates u with
-z = offset + scale * u, where offset and scale are chosen so that every z within 2 eps of a valid image lies inside
+z = offset + scale * u, where offset and scale are chosen so that every iterate around a valid image lies inside
 u in [0, 1]: the clamp never binds, and the uniform budget eps / scale in u is exactly the budget eps in z. Settings
 measured in input units (eps, step sizes, SPSA's delta and learning rate) are divided by scale on the way in.
 """
@@ -350,17 +350,17 @@ class AffineInput(nn.Module):
         return self.network(self.offset + self.scale * u)
 
 
-def paper_coordinates(mean, std, eps: float) -> tuple[float, float]:
-    """(offset, scale) such that z = offset + scale * u keeps every z within 2 eps of a [0, 1] image inside u in [0, 1].
+def paper_coordinates(mean, std, margin: float) -> tuple[float, float]:
+    """(offset, scale) such that z = offset + scale * u maps every z within `margin` of a [0, 1] image into [0, 1].
 
-    The margin of 2 eps covers each iterate torchattacks clamps (the clean point plus a projected perturbation of at
-    most eps, or a random start of at most eps plus one step of at most eps before projection).
+    torchattacks clamps its iterates after projecting them to the eps ball, or after a random start of at most eps
+    plus at most one step, so a margin of eps + max(eps, step) keeps the clamp from ever binding.
     """
     mean = torch.as_tensor(mean, dtype=torch.float64).flatten()
     std = torch.as_tensor(std, dtype=torch.float64).flatten()
     lowest = float((-mean / std).min())
     highest = float(((1 - mean) / std).max())
-    return lowest - 2 * eps, highest - lowest + 4 * eps
+    return lowest - margin, highest - lowest + 2 * margin
 
 
 @dataclasses.dataclass
@@ -382,7 +382,8 @@ def make_attack(model: nn.Module, entry: AttackEntry) -> Callable:
     cls = attack_class(entry.attack)
     kwargs = entry.kwargs()
     if entry.protocol == "paper":
-        offset, scale = paper_coordinates(model.mean, model.std, entry.eps)
+        margin = entry.eps + max(entry.eps, entry.params.get("alpha", 0.0))
+        offset, scale = paper_coordinates(model.mean, model.std, margin)
         attacked = AffineInput(model.model, offset, scale)
         units = PAPER_INPUT_UNITS[entry.attack]
         kwargs = {k: (v / scale if k in units else v) for k, v in kwargs.items()}

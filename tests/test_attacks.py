@@ -124,7 +124,7 @@ def test_paper_coordinates_keep_the_clamp_away():
     mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64)
     std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64)
     eps = 6 / 255
-    offset, scale = attacks.paper_coordinates(mean, std, eps)
+    offset, scale = attacks.paper_coordinates(mean, std, 2 * eps)
     lowest, highest = min((0 - mean) / std).item(), max((1 - mean) / std).item()
     assert (lowest - 2 * eps - offset) / scale == pytest.approx(0.0, abs=1e-12)
     assert (highest + 2 * eps - offset) / scale == pytest.approx(1.0, abs=1e-12)
