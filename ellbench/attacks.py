@@ -556,3 +556,42 @@ def trust_checks(results: list[dict], *, tolerance: float = 0.0) -> list[dict]:
             + f"PGD robust {pgd['robust_accuracy']:.4f} vs FGSM {fgsm['robust_accuracy']:.4f}",
             name=pgd["name"], protocol=protocol, eps=eps))
     return checks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The entry point the CLI calls.
+
+
+def attack_task_settings(entry: AttackEntry, batch_size: int) -> dict:
+    """Job-key settings of one attack job; the batch size is part of it because random draws are made per batch."""
+    return {**entry.settings(), "batch_size": int(batch_size)}
+
+
+def run_attack_suite(store, loaded, dataset, entries: list[AttackEntry], *, batch_size: int, seed: int = 0,
+                     progress: bool = True) -> dict:
+    """Run (or resume, or reuse) one 'attack' job per entry, then record the trust checks over their results.
+
+    `loaded` is an `ellbench.evaluate.LoadedModel`. Returns {"jobs": [job rows], "checks": [check rows]}; the checks
+    are stored as one 'attack-checks' result keyed by the jobs they read, so a report finds them next to the jobs.
+    """
+    from ellbench import distributed
+    from ellbench.runner import job_key, provenance, run_job
+
+    jobs, results = [], []
+    for entry in entries:
+        key = job_key(model=loaded.name, checkpoint=loaded.checkpoint_id, data=dataset.fingerprint, task="attack",
+                      settings=attack_task_settings(entry, batch_size), seed=seed)
+        job = run_job(store, key, dataset, make_attack_evaluator(loaded.module, entry, seed=seed),
+                      batch_size=batch_size, description=f"{entry.label} ({entry.protocol}) {loaded.name}",
+                      summarize=summarize_attack, progress=progress, device=loaded.device)
+        jobs.append(job)
+        if job and job.get("summary"):
+            results.append(result_record(entry, job["summary"]))
+    checks = trust_checks(results)
+    if distributed.is_writer() and jobs:
+        key = job_key(model=loaded.name, checkpoint=loaded.checkpoint_id, data=dataset.fingerprint,
+                      task="attack-checks", settings={"jobs": sorted(job["id"] for job in jobs)}, seed=seed)
+        summary = {"checks": checks, "fail": sum(c["status"] == "fail" for c in checks),
+                   "warn": sum(c["status"] == "warn" for c in checks)}
+        store.record_result(key, summary, provenance(loaded.device))
+    return {"jobs": jobs, "checks": checks}
