@@ -120,6 +120,24 @@ def test_paper_protocol_equals_torchattacks_where_its_clamp_cannot_bind(attack, 
     torch.testing.assert_close(outcome.adversarial_input, direct, rtol=0, atol=1e-5 if attack == "SPSA" else 1e-9)
 
 
+def test_paper_protocol_is_the_standard_one_scaled_by_std_away_from_the_pixel_edges():
+    # With std 0.5 everywhere, eps 2e in normalised space is eps e in pixels; on images away from 0 and 1 (so that
+    # clipping cannot act) and with the model's predictions as labels, both protocols must take the same path.
+    model = TinyNormalized(mean=(0.5,) * 3, std=(0.5,) * 3, dtype=torch.float64)
+    indices, images, _ = batch(dtype=torch.float64)
+    images = 0.3 + 0.4 * images
+    predicted = model(images).argmax(1)
+    eps = 4 / 255
+    standard = attacks.make_attack(model, entry("PGD", "standard", eps, alpha=eps / 3, steps=3))
+    paper = attacks.make_attack(model, entry("PGD", "paper", 2 * eps, alpha=2 * eps / 3, steps=3))
+    torch.manual_seed(5)
+    in_pixels = standard(images, predicted)
+    torch.manual_seed(5)
+    in_normalised = paper(images, torch.zeros_like(predicted))  # the paper protocol ignores the labels
+    torch.testing.assert_close(in_normalised.adversarial_input, (in_pixels.adversarial_input - 0.5) / 0.5,
+                               rtol=0, atol=1e-10)
+
+
 def test_paper_coordinates_keep_the_clamp_away():
     mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64)
     std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64)
