@@ -1,4 +1,4 @@
-"""ellbench: robustness and efficiency benchmarks for Elliptical Attention and the vision transformers it is compared with.
+"""ellbench: robustness and efficiency benchmarks for Elliptical Attention and the models it is compared with.
 
 Importing ellbench registers its models with timm (``timm.create_model('elliptical_tiny_patch16_224')``).
 The registration happens as soon as timm is imported too, so ``import ellbench`` stays cheap for the CLI:

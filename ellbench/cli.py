@@ -71,7 +71,8 @@ def models_command(
 
 @app.command("train")
 def train_command(
-    model: str = typer.Argument(..., help="A small-image model, e.g. elliptical_micro_patch4_32 (see `ellbench models`)."),
+    model: str = typer.Argument(..., help="A small-image model, e.g. elliptical_micro_patch4_32 "
+                                "(see `ellbench models`)."),
     dataset: str = typer.Option("digits", help="Built-in data set: digits (8x8, bundled) or fashion-mnist (28x28)."),
     data_root: str = typer.Option(None, help="Folder with the Fashion-MNIST IDX .gz files "
                                   "(default /usr/share/datasets/fashion-mnist)."),
@@ -147,6 +148,286 @@ def demo_command(
                        progress=not as_json)
     if as_json:
         _print_json(summary)
+
+
+CHECKPOINT_HELP = ("Weights: .safetensors, or .pt/.pth read with torch.load(weights_only=True). A JSON sidecar "
+                   "<checkpoint>.json from `ellbench train` gives the model's settings. Without it: random init "
+                   "from --seed.")
+DATA_HELP = ("A built-in set (digits, fashion-mnist; its test split) or an ImageNet-style folder with one sub-folder "
+             "of images per class (wnid names map to ImageNet-1k indices).")
+
+
+def _open_eval_data(data: str, *, data_root: str | None, limit: int | None, skip_bad_images: bool = False):
+    from ellbench.data import open_dataset
+
+    return open_dataset(data, "test", root=data_root, limit=limit, skip_bad_images=skip_bad_images)
+
+
+def _check_common(batch_size: int, seed: int, limit: int | None) -> None:
+    _positive(batch_size, "--batch-size")
+    if seed < 0:
+        raise EllbenchError(f"--seed must be non-negative, got {seed}")
+    if limit is not None:
+        _positive(limit, "--limit")
+
+
+def _print_rows(rows: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ellbench.report import format_cell
+
+    if not rows:
+        return
+    table = Table(*rows[0].keys(), title=title)
+    for row in rows:
+        table.add_row(*[format_cell(value) for value in row.values()])
+    Console().print(table)
+
+
+@app.command("attack")
+def attack_command(
+    model: str = typer.Argument(..., help="Model name (see `ellbench models`) or any timm model."),
+    checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
+    data: str = typer.Option("digits", help=DATA_HELP),
+    data_root: str = typer.Option(None, help="Folder of the Fashion-MNIST IDX files, for --data fashion-mnist."),
+    suite: str = typer.Option(None, help="Attack suite: paper, standard, quick, or a TOML file. Default: quick, "
+                              "unless --attack is given."),
+    attack: str = typer.Option(None, help="One torchattacks class by name instead of a suite, e.g. PGD."),
+    param: list[str] = typer.Option(None, help="Setting of --attack, repeatable: --param eps=4/255 --param steps=10. "
+                                    "A comma list of eps gives one job per eps."),
+    protocol: str = typer.Option("standard", help="For --attack: standard (pixel space, true labels, clipping to "
+                                 "[0, 1]) or paper (normalised space, no clipping, the model's own predictions)."),
+    limit: int = typer.Option(None, help="Attack the first N examples only."),
+    batch_size: int = typer.Option(64, help="Examples per batch (part of the job key: random starts are per batch)."),
+    seed: int = typer.Option(0, help=SEED_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    out: Path = typer.Option(None, help=OUT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+):
+    """Clean and robust accuracy under adversarial attacks (torchattacks), per attack and eps, resumable per batch.
+
+    Trust checks (budgets held, robust <= clean, accuracy non-increasing in eps, PGD at least as strong as FGSM)
+    are recorded with the results.
+    """
+    _check_common(batch_size, seed, limit)
+    from ellbench import attacks as attacks_lib
+
+    if attack is not None:
+        if suite is not None:
+            raise EllbenchError("give either --suite or --attack, not both")
+        params = attacks_lib.parse_params(param or [])
+        entries = attacks_lib.make_entries(attack, params, protocol=protocol)
+    else:
+        if param:
+            raise EllbenchError("--param needs --attack")
+        entries = attacks_lib.load_suite(suite or "quick")
+    out_dir = _out_dir(out)
+    dataset = _open_eval_data(data, data_root=data_root, limit=limit)
+    from ellbench.evaluate import load_for_eval, run_clean
+    from ellbench.store import Store
+
+    loaded = load_for_eval(model, checkpoint, dataset=dataset, seed=seed, device=device)
+    store = Store.in_folder(out_dir)
+    clean = run_clean(store, loaded, dataset, batch_size=batch_size, seed=seed, progress=not as_json)
+    result = attacks_lib.run_attack_suite(store, loaded, dataset, entries, batch_size=batch_size, seed=seed,
+                                          progress=not as_json)
+    from ellbench import distributed
+
+    if not distributed.is_writer():
+        return
+    rows = [{"attack": "clean", "protocol": "", "eps": "", "accuracy": clean["summary"]["accuracy"],
+             "n": clean["summary"]["n"]}]
+    for entry, job in zip(entries, result["jobs"], strict=True):
+        rows.append({"attack": entry.label, "protocol": entry.protocol, "eps": attacks_lib.format_eps(entry.eps),
+                     "accuracy": job["summary"]["accuracy"], "n": job["summary"]["n"]})
+    if as_json:
+        _print_json({"model": model, "checkpoint": loaded.checkpoint_id, "data": dataset.fingerprint,
+                     "results": rows, "checks": result["checks"]})
+        return
+    _print_rows(rows, f"{model} on {dataset.name} ({len(dataset)} examples)")
+    bad = [check for check in result["checks"] if check["status"] != "pass"]
+    for check in bad:
+        typer.echo(f"trust check {check['status']}: {check['check']}: {check['detail']}", err=True)
+
+
+@app.command("corrupt")
+def corrupt_command(
+    model: str = typer.Argument(..., help="Model name (see `ellbench models`) or any timm model."),
+    checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
+    data: str = typer.Option(None, help="Clean data to corrupt on the fly: " + DATA_HELP + " Default: digits unless "
+                             "--imagenet-c is given."),
+    imagenet_c: str = typer.Option(None, help="Released ImageNet-C root: <root>/[<group>/]<corruption>/<severity>/"
+                                   "<wnid>/*.JPEG."),
+    data_root: str = typer.Option(None, help="Folder of the Fashion-MNIST IDX files, for --data fashion-mnist."),
+    suite: str = typer.Option("quick", help="Corruption suite: imagenet-c (15 x 5), imagenet-c-extra, quick, or a "
+                              "TOML file."),
+    limit: int = typer.Option(None, help="Evaluate the first N images per (corruption, severity) only."),
+    batch_size: int = typer.Option(64, help="Examples per batch."),
+    workers: int = typer.Option(None, help="Processes generating corrupted images (default: all cores)."),
+    cache_dir: Path = typer.Option(None, help="Cache of generated ImageNet-C images (default: ~/.cache/ellbench)."),
+    baseline: str = typer.Option(None, help="AlexNet errors for mCE: hendrycks (default) or robustbench."),
+    skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted in the provenance) instead of "
+                                         "stopping."),
+    seed: int = typer.Option(0, help=SEED_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    out: Path = typer.Option(None, help=OUT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+):
+    """Accuracy under common corruptions (ImageNet-C on disk, or generated on the fly and cached), CE and mCE."""
+    _check_common(batch_size, seed, limit)
+    if workers is not None:
+        _positive(workers, "--workers")
+    from ellbench import corruptions as corruptions_lib
+
+    chosen = corruptions_lib.load_suite(suite)
+    if imagenet_c is not None and not Path(imagenet_c).is_dir():
+        raise EllbenchError(f"ImageNet-C folder {imagenet_c} not found")
+    out_dir = _out_dir(out)
+    clean = None
+    if data is not None or imagenet_c is None:
+        clean = _open_eval_data(data or "digits", data_root=data_root, limit=limit, skip_bad_images=skip_bad_images)
+    from ellbench.evaluate import load_for_eval
+    from ellbench.store import Store
+
+    loaded = load_for_eval(model, checkpoint, dataset=clean, seed=seed, device=device)
+    store = Store.in_folder(out_dir)
+    summary = corruptions_lib.run_corruption_suite(
+        store, loaded, chosen, clean=clean, imagenet_c=imagenet_c, batch_size=batch_size, seed=seed,
+        cache_dir=cache_dir, workers=workers, skip_bad_images=skip_bad_images, limit=limit, baseline=baseline,
+        progress=not as_json)
+    from ellbench import distributed
+
+    if not distributed.is_writer():
+        return
+    if as_json:
+        _print_json(summary)
+        return
+    _print_json_summary(summary)
+
+
+def _print_json_summary(summary: dict) -> None:
+    flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    _print_rows([{"field": k, "value": v} for k, v in flat.items()], "summary")
+    for key, value in summary.items():
+        if isinstance(value, dict) and value and all(not isinstance(v, (dict, list)) for v in value.values()):
+            _print_rows([{"name": k, "value": v} for k, v in value.items()], key)
+
+
+@app.command("shift")
+def shift_command(
+    model: str = typer.Argument(..., help="An ImageNet-1k model (1000 outputs)."),
+    dataset: str = typer.Option(..., help="imagenet-a or imagenet-r."),
+    data: str = typer.Option(..., help="The data set's folder: <root>/<wnid>/*.jpg with its 200 wnid sub-folders."),
+    checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
+    limit: int = typer.Option(None, help="Evaluate N images only (spread evenly over the folder)."),
+    batch_size: int = typer.Option(64, help="Examples per batch."),
+    skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted) instead of stopping."),
+    seed: int = typer.Option(0, help=SEED_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    out: Path = typer.Option(None, help=OUT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Top-1 accuracy under distribution shift: ImageNet-A or ImageNet-R, logits restricted to their 200 classes."""
+    _check_common(batch_size, seed, limit)
+    from ellbench.data.shift import SHIFT_SETS, run_shift
+
+    if dataset not in SHIFT_SETS:
+        raise EllbenchError(f"unknown shift data set {dataset!r}; choose one of {', '.join(SHIFT_SETS)}")
+    if not Path(data).is_dir():
+        raise EllbenchError(f"data folder {data} not found")
+    out_dir = _out_dir(out)
+    from ellbench.evaluate import load_for_eval
+    from ellbench.store import Store
+
+    loaded = load_for_eval(model, checkpoint, seed=seed, device=device)
+    job = run_shift(Store.in_folder(out_dir), loaded, dataset, data, batch_size=batch_size, seed=seed,
+                    skip_bad_images=skip_bad_images, limit=limit, progress=not as_json)
+    from ellbench import distributed
+
+    if not distributed.is_writer():
+        return
+    if as_json:
+        _print_json({"model": model, "dataset": dataset, "summary": job["summary"], "job": job["id"]})
+        return
+    _print_rows([{"model": model, "dataset": dataset, **job["summary"]}], "distribution shift")
+
+
+@app.command("collapse")
+def collapse_command(
+    model: str = typer.Argument(..., help="Any timm ViT-like model whose blocks have an `attn` module."),
+    checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
+    data: str = typer.Option("digits", help=DATA_HELP),
+    data_root: str = typer.Option(None, help="Folder of the Fashion-MNIST IDX files, for --data fashion-mnist."),
+    limit: int = typer.Option(None, help="Use the first N examples only."),
+    batch_size: int = typer.Option(64, help="Examples per batch."),
+    seed: int = typer.Option(0, help=SEED_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    out: Path = typer.Option(None, help=OUT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the per-layer values as JSON."),
+):
+    """Representation collapse per layer: mean pairwise cosine similarity of the attention outputs' tokens."""
+    _check_common(batch_size, seed, limit)
+    out_dir = _out_dir(out)
+    dataset = _open_eval_data(data, data_root=data_root, limit=limit)
+    from ellbench.collapse import run_collapse
+    from ellbench.evaluate import load_for_eval
+    from ellbench.store import Store
+
+    loaded = load_for_eval(model, checkpoint, dataset=dataset, seed=seed, device=device)
+    job = run_collapse(Store.in_folder(out_dir), loaded, dataset, batch_size=batch_size, seed=seed,
+                       progress=not as_json)
+    from ellbench import distributed
+
+    if not distributed.is_writer():
+        return
+    layers, values = job["settings"]["layers"], job["summary"]["collapse"]
+    if as_json:
+        _print_json({"model": model, "job": job["id"], "layers": dict(zip(layers, values, strict=True))})
+        return
+    _print_rows([{"layer": name, "mean cosine similarity": value} for name, value in zip(layers, values, strict=True)],
+                f"representation collapse of {model} on {dataset.name}")
+
+
+@app.command("profile")
+def profile_command(
+    models: list[str] = typer.Argument(..., help="One or more model names."),
+    batch_size: int = typer.Option(64, help="Batch size of the throughput measurement (latency uses batch 1)."),
+    img_size: int = typer.Option(None, help="Input side in pixels (default: the model's own)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    amp: str = typer.Option("off", help="off, bf16 or fp16 autocast."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
+    threads: int = typer.Option(None, help="CPU threads (default: torch's)."),
+    repeats: int = typer.Option(3, help="Timed repeats; the median and spread are reported."),
+    checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
+    memory: bool = typer.Option(True, help="Measure peak memory (CPU: a fresh child process per model)."),
+    seed: int = typer.Option(0, help=SEED_HELP),
+    out: Path = typer.Option(None, help=OUT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the measurements as JSON."),
+):
+    """Throughput, latency, peak memory, FLOPs (attention counted the same way for every model) and parameters."""
+    _positive(batch_size, "--batch-size")
+    _positive(repeats, "--repeats")
+    if threads is not None:
+        _positive(threads, "--threads")
+    for name in models:
+        _check_model(name)
+    out_dir = _out_dir(out)
+    from ellbench.evaluate import run_profile
+    from ellbench.store import Store
+
+    store = Store.in_folder(out_dir)
+    results = [run_profile(store, name, batch_size=batch_size, img_size=img_size, device=device, amp=amp,
+                           compile=compile, threads=threads, repeats=repeats, checkpoint=checkpoint,
+                           measure_memory=memory, seed=seed) for name in models]
+    if as_json:
+        _print_json(results)
+        return
+    keys = ("model", "params", "gflops_per_image", "throughput_img_s", "latency_ms_median", "peak_memory_mib")
+    _print_rows([{k: r.get(k) for k in keys} for r in results],
+                f"efficiency on {results[0].get('device_name')} (batch {batch_size}, {results[0].get('threads')} "
+                "threads)")
+    typer.echo(results[0].get("flops_counting", ""))
 
 
 def _parse_seeds(text: str) -> list[int]:

@@ -104,5 +104,4 @@ def evaluate_batches(dataset, todo: list[int], batch_size: int, evaluate_batch, 
         gathered = [None] * size if me == 0 else None
         dist.gather_object(result, gathered, dst=0)
         if me == 0:
-            for entry in sorted((g for g in gathered if g is not None), key=lambda pair: pair[0]):
-                yield entry
+            yield from sorted((g for g in gathered if g is not None), key=lambda pair: pair[0])

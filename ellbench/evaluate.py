@@ -90,3 +90,23 @@ def run_clean(store, loaded: LoadedModel, dataset, *, batch_size: int, seed: int
                   settings={"batch_size": batch_size}, seed=seed)
     return run_job(store, key, dataset, clean_evaluator(loaded.module, loaded.device), batch_size=batch_size,
                    description=f"clean {loaded.name}", progress=progress, device=loaded.device)
+
+
+def run_profile(store, name: str, *, checkpoint: str | None = None, seed: int = 0, **settings) -> dict:
+    """Profile one model (ellbench.profile.profile_model) and store it as a 'profile' result; returns the result.
+
+    Timings are measurements of a moment, so a profile is measured anew on every call: the stored job is keyed by
+    the settings and the machine, and a repeat with the same key replaces the earlier figures.
+    """
+    from ellbench.models.factory import checkpoint_sha256
+    from ellbench.profile import profile_model
+    from ellbench.runner import job_key, provenance
+
+    result = profile_model(name, checkpoint=checkpoint, seed=seed, **settings)
+    checkpoint_id = f"sha256:{checkpoint_sha256(checkpoint)}" if checkpoint else f"random-init:seed={seed}"
+    keyed = {k: result.get(k) for k in ("batch_size", "img_size", "device", "device_name", "amp", "compile",
+                                        "threads", "num_classes", "fused_attention")}
+    key = job_key(model=name, checkpoint=checkpoint_id, data=f"synthetic:{result.get('img_size')}px", task="profile",
+                  settings=keyed, seed=seed)
+    store.replace_result(key, result, provenance(result.get("device", "cpu")))
+    return result

@@ -210,6 +210,17 @@ class Store:
             self.finish_job(job["id"], summary)
         return self.get_job(job["id"])
 
+    def replace_result(self, key: dict, summary: dict, provenance: dict) -> dict:
+        """Store a result without outcomes, replacing an earlier one with the same key (e.g. a new measurement)."""
+        job_id = job_id_for(key)
+        with self.transaction():
+            for table in ("outcomes", "batches", "attempts"):
+                self.conn.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
+            self.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            job = self.open_job(key, total=0, batch_size=0, provenance=provenance)
+            self.finish_job(job_id, summary)
+        return self.get_job(job["id"])
+
     def attempts(self, job_id: str) -> list[dict]:
         cursor = self.conn.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY attempt", (job_id,))
         return [_row_dict(cursor, row) for row in cursor.fetchall()]

@@ -32,7 +32,7 @@ class TensorImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, name: str, class_names, max_value: float = 255.0):
         if images.ndim != 3 or len(images) != len(labels):
-            raise EllbenchError(f"{name}: expected images [N, H, W] and N labels, got {images.shape} and {labels.shape}")
+            raise EllbenchError(f"{name}: expected images [N, H, W] and N labels, got {images.shape}, {labels.shape}")
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.labels = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))
         self.max_value = float(max_value)
