@@ -26,6 +26,10 @@ import ellbench.models  # noqa: F401  (registers ellbench's models with timm)
 # or None when the model has no separate reference path). Its baseline is deit_{size}_patch16_224.
 ROWS = [
     ("Elliptical", "elliptical_{size}_patch16_224", {"fused_attn": False}),
+    ("KDE", "kde_{size}_patch16_224", {"fused_attn": False}),
+    ("RKDE", "rkde_{size}_patch16_224", {"fused_attn": False}),
+    ("MoM", "mom_{size}_patch16_224", {"fused_attn": False}),
+    ("RVT", "rvt_{size}", None),
 ]
 SIZES = ("tiny", "small", "base")
 
