@@ -448,6 +448,9 @@ def _check_model(name: str) -> None:
         raise EllbenchError(f"unknown model {name!r}; `ellbench models` lists the registered ones")
 
 
+INTERRUPTED = "error: interrupted; every finished batch is stored, run the same command again to resume\n"
+
+
 def main() -> None:
     """Console entry point: one-line errors (exit 2) for bad input, never a traceback."""
     from typer._click import exceptions as click_exceptions  # typer vendors click
@@ -466,8 +469,10 @@ def main() -> None:
         sys.stderr.write(f"error: {' '.join(exc.format_message().split())}{hint}\n")
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
-        sys.stderr.write("error: interrupted; every finished batch is stored, run the same command again to resume\n")
+        sys.stderr.write(INTERRUPTED)
         sys.exit(130)
+    if code == 130:  # typer turns a Ctrl-C inside a command into exit code 130 without a word
+        sys.stderr.write(INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -138,6 +138,9 @@ class Store:
                     f"this run has {total} in batches of {batch_size}"
                 )
             if row is None or row["status"] != "done":
+                # An attempt still marked running belongs to a process that died without closing it (SIGKILL).
+                self.conn.execute("UPDATE attempts SET status = 'abandoned' WHERE job_id = ? AND status = 'running'",
+                                  (job_id,))
                 attempt = self.conn.execute(
                     "SELECT COALESCE(MAX(attempt), 0) + 1 FROM attempts WHERE job_id = ?", (job_id,)
                 ).fetchone()[0]

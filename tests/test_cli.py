@@ -106,8 +106,7 @@ def test_a_bug_surfaces_as_itself_not_as_a_user_error(monkeypatch):
         run_main_with_a_failing_command(monkeypatch, RuntimeError("a real bug"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (cli.py main): typer turns Ctrl-C into a returned exit code 130, so the "
-                   "'error: interrupted ... run the same command again to resume' line is never printed")
+
 def test_ctrl_c_inside_a_command_is_one_line_and_exit_130(monkeypatch, capsys):
     # Python raises KeyboardInterrupt in the main thread on SIGINT; here it comes from inside the command.
     with pytest.raises(SystemExit) as caught:

@@ -342,8 +342,6 @@ def test_provenance_fields_are_filled(tmp_path, worker):
         assert record["git_commit"] is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (store.py _end_attempt): finishing a resumed job also marks the attempts "
-                   "that were SIGKILLed as 'done', with the resumed run's end time")
 def test_a_killed_attempt_is_not_recorded_as_done_when_the_job_is_resumed(tmp_path):
     key = job_key(model="m", checkpoint="c", data="d", task="t", settings={}, seed=0)
     killed = Store(tmp_path / "store.sqlite")
