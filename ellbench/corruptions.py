@@ -561,8 +561,9 @@ def summarize_corruptions(errors: Mapping[tuple[str, int], float], *, clean_erro
 
     `errors` maps (corruption, severity) to top-1 error. mCE averages the common corruptions present;
     `mce_complete` is True only when all 15 were measured at all 5 severities (the number papers report).
-    The extra corruptions get their own `extra_mce` (their AlexNet errors are secondary). Corruptions the
-    baseline cannot score at the measured severities are listed in `ce_unavailable` with the reason.
+    The extra corruptions, when present, get their own `extra_mce` (their AlexNet errors are secondary).
+    Corruptions the baseline cannot score at the measured severities are listed in `ce_unavailable` with the
+    reason. CE and mCE are fractions (AlexNet = 1); papers print them x 100.
     """
     reference = alexnet_baseline(baseline)
     grouped = _by_corruption(errors)
@@ -585,14 +586,17 @@ def summarize_corruptions(errors: Mapping[tuple[str, int], float], *, clean_erro
         "mce_corruptions": common,
         "mce_complete": common == list(COMMON_CORRUPTIONS)
         and all(sorted(grouped[c]) == list(SEVERITIES) for c in common),
-        "extra_mce": _mean(ce[c] for c in extra),
-        "extra_mce_note": "AlexNet errors of the 4 extra corruptions come from third-party code (secondary source)",
         "mean_error": _mean(errors.values()),  # the unnormalised mean error: NOT mCE
     }
+    if extra:
+        summary.update(extra_mce=_mean(ce[c] for c in extra), extra_corruptions=extra,
+                       extra_mce_note="AlexNet errors of the 4 extra corruptions come from third-party code "
+                                      "(secondary source)")
     if clean_error is not None:
         relative = relative_corruption_errors(scorable, clean_error, reference)
-        summary.update(clean_error=clean_error, relative_ce=relative, relative_mce=_mean(relative[c] for c in common),
-                       extra_relative_mce=_mean(relative[c] for c in extra))
+        summary.update(clean_error=clean_error, relative_ce=relative, relative_mce=_mean(relative[c] for c in common))
+        if extra:
+            summary["extra_relative_mce"] = _mean(relative[c] for c in extra)
     return summary
 
 
