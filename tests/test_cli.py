@@ -106,7 +106,6 @@ def test_a_bug_surfaces_as_itself_not_as_a_user_error(monkeypatch):
         run_main_with_a_failing_command(monkeypatch, RuntimeError("a real bug"))
 
 
-
 def test_ctrl_c_inside_a_command_is_one_line_and_exit_130(monkeypatch, capsys):
     # Python raises KeyboardInterrupt in the main thread on SIGINT; here it comes from inside the command.
     with pytest.raises(SystemExit) as caught:

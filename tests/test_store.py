@@ -159,7 +159,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, worker, sub
     assert list(outcomes["idx"]) == list(range(limit))
     assert job["status"] == "done" and job["summary"]["n"] == limit
     assert job["summary"]["accuracy"] == pytest.approx(expected["correct"].mean())
-    assert len(attempts) == 2 and attempts[1]["status"] == "done"
+    # The killed attempt was never closed; the resume marks it abandoned (not done) and closes its own.
+    assert [a["status"] for a in attempts] == ["abandoned", "done"]
+    assert attempts[0]["ended_utc"] is None and attempts[1]["ended_utc"] is not None
     assert attempts[0]["provenance"]["pid"] == victim.pid and attempts[1]["provenance"]["pid"] == os.getpid()
     assert "worker.py" in attempts[0]["provenance"]["command"]
     assert "--stall-after 4" in attempts[0]["provenance"]["command"]
@@ -353,4 +355,4 @@ def test_a_killed_attempt_is_not_recorded_as_done_when_the_job_is_resumed(tmp_pa
     resumed.finish_job(job["id"], {"n": 1})
     first, second = resumed.attempts(job["id"])
     assert second["status"] == "done" and second["ended_utc"] is not None
-    assert first["status"] != "done"
+    assert first["status"] == "abandoned" and first["provenance"] == {"run": 1}
