@@ -120,10 +120,10 @@ def test_official_parameter_names_and_structure():
 
 
 def test_forward_shapes_and_pooling_stage():
-    model = timm.create_model("rvt_tiny").eval()
+    model = timm.create_model("rvt_tiny", img_size=112).eval()
     with torch.no_grad():
-        features = model.forward_features(torch.rand(1, 3, 224, 224))  # batch 1 works (official .squeeze() did not)
-        assert features.shape == (1, 384, 7, 7)  # 14x14 tokens pooled to 7x7 at width 384
+        features = model.forward_features(torch.rand(1, 3, 112, 112))  # batch 1 works (official .squeeze() did not)
+        assert features.shape == (1, 384, 4, 4)  # 7x7 tokens pooled to 4x4 at width 384
         assert model.forward_head(features).shape == (1, 1000)
 
 
@@ -140,7 +140,7 @@ def test_pretrained_cfgs_carry_normalisation():
     assert micro.pretrained_cfg["input_size"] == (3, 16, 16) and micro.pretrained_cfg["num_classes"] == 7
 
 
-@pytest.mark.parametrize("side", [8, 16, 32])
+@pytest.mark.parametrize("side", [8, 32])
 def test_micro_is_small_and_trains_on_small_images(side):
     torch.manual_seed(0)
     model = timm.create_model("rvt_micro_32", num_classes=10, img_size=side)
