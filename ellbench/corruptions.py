@@ -397,6 +397,21 @@ def _read_source(path: Path) -> bytes:
         raise EllbenchError(f"cannot read image {path}: {exc}") from exc
 
 
+def _generate_once_per_job(sources: list[Path], settings: GenerationSettings, cache_dir: Path, **options) -> list[Path]:
+    """generate_cached on rank 0 while other torch.distributed ranks wait, then every rank finds the files cached.
+
+    (A rank with its own cache folder still generates what it lacks. If rank 0 fails, torchrun ends the others.)
+    """
+    from ellbench import distributed
+
+    if distributed.is_writer():
+        files = generate_cached(sources, settings, cache_dir, **options)
+    distributed.barrier()
+    if not distributed.is_writer():
+        files = generate_cached(sources, settings, cache_dir, **options)
+    return files
+
+
 class GeneratedImageNetC(torch.utils.data.Dataset):
     """ImageNet-C made from a clean ImageNet-style folder, as Hendrycks made it, generated once and cached on disk.
 
@@ -416,8 +431,8 @@ class GeneratedImageNetC(torch.utils.data.Dataset):
         self.clean = clean if isinstance(clean, ImageFolderDataset) else ImageFolderDataset(
             clean, transform="none", skip_bad_images=skip_bad_images, limit=limit)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.files = generate_cached(self.clean.files, self.settings, self.cache_dir, workers=workers,
-                                     progress=progress, source_hashes=source_hashes)
+        self.files = _generate_once_per_job(self.clean.files, self.settings, self.cache_dir, workers=workers,
+                                            progress=progress, source_hashes=source_hashes)
         self.labels = self.clean.labels
         self.skipped, self.upsampled = self.clean.skipped, img_size < MIN_SIDE
         self.num_classes, self.class_names, self.image_size = self.clean.num_classes, self.clean.class_names, img_size
