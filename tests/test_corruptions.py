@@ -64,6 +64,16 @@ def test_every_corruption_runs_at_every_severity_and_changes_the_image(corruptio
         assert np.array_equal(out, C.corrupt_image(image, corruption, severity, seed=3)[0])
 
 
+@pytest.mark.parametrize("corruption", C.ALL_CORRUPTIONS)
+def test_every_corruption_generates_an_imagenet_c_file_from_a_folder_image(clean_folder, corruption):
+    source = sorted(clean_folder.glob("*/*.JPEG"))[1]
+    encoded, upsampled = C.make_imagenet_c_image(source, C.GenerationSettings(corruption, 2))  # glass: 1 pass
+    generated = np.asarray(Image.open(io.BytesIO(encoded)))
+    clean_crop = np.asarray(T.CenterCrop(224)(T.Resize(256)(Image.open(source).convert("RGB"))))
+    assert generated.shape == (224, 224, 3) and not upsampled
+    assert np.abs(generated.astype(int) - clean_crop).mean() > 1.0
+
+
 def test_gaussian_noise_equals_the_formula_with_the_derived_seed():
     image = photo()
     out, _ = C.corrupt_image(image, "gaussian_noise", 2, seed=7)
