@@ -52,9 +52,12 @@ class TrainConfig:
 
 
 def model_kwargs_for(model: str, image_size: int, num_classes: int) -> dict:
-    """Constructor settings that fit a small-image model to a data set (patch 2 below 16 px, else 4)."""
+    """Constructor settings that fit a small-image model to a data set (patch 2 below 16 px, else 4).
+
+    RVT's conv stem takes the same patch size as its stride, so every family sees the same token grid.
+    """
     kwargs = {"img_size": image_size, "num_classes": num_classes}
-    if "patch" in model:
+    if "patch" in model or model.startswith("rvt_"):
         kwargs["patch_size"] = 2 if image_size <= 16 else 4
     return kwargs
 
