@@ -4,35 +4,37 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-HEAVY_MODULES = {"torch", "timm", "torchattacks", "pandas", "matplotlib", "imagecorruptions", "sklearn"}
+HEAVY_MODULES = ("torch", "timm", "torchattacks", "pandas", "matplotlib", "imagecorruptions", "sklearn")
 MICRO = "deit_micro_patch4_32"
 
 
-def imported_modules(stderr: str) -> tuple[set[str], list[str]]:
-    """Split stderr of a PYTHONPROFILEIMPORTTIME run into top-level imported packages and the other lines."""
-    modules, other = set(), []
-    for line in stderr.splitlines():
-        if line.startswith("import time:"):
-            modules.add(line.rsplit("|", 1)[1].strip().split(".")[0])
-        else:
-            other.append(line)
-    return modules, other
+@pytest.fixture
+def light_env(subprocess_env, tmp_path):
+    """Child environment where importing any heavy package fails at once: an answer given there came before them."""
+    poison = tmp_path / "heavy-imports-fail"
+    for name in HEAVY_MODULES:
+        (poison / name).mkdir(parents=True)
+        (poison / name / "__init__.py").write_text(f"raise ImportError('heavy import of {name}')\n")
+    subprocess_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(poison), subprocess_env.get("PYTHONPATH")]))
+    return subprocess_env
 
 
-def test_help_answers_without_heavy_imports(run_ellbench, subprocess_env):
-    subprocess_env["PYTHONPROFILEIMPORTTIME"] = "1"
+def test_the_heavy_import_trap_works(run_ellbench, light_env):
+    result = run_ellbench("models")  # lists models: needs timm
+    assert result.returncode != 0 and "heavy import of" in result.stderr
+
+
+def test_help_answers_without_heavy_imports(run_ellbench, light_env):
     result = run_ellbench("--help")
-    modules, other = imported_modules(result.stderr)
     assert result.returncode == 0, result.stderr
-    assert "typer" in modules  # the import log is really there
-    assert not modules & HEAVY_MODULES
-    assert other == []
+    assert result.stderr == ""
     for command in ("models", "train", "demo"):
         assert command in result.stdout
     bare = run_ellbench()  # no arguments: the same help, exit 0
@@ -52,6 +54,12 @@ def test_every_command_and_option_is_explained():
             assert (getattr(param, "help", None) or "").strip(), f"`ellbench {name}` {param.name} has no help"
 
 
+def slow_argument_check(case: str, arguments: list[str], words: list[str]):
+    return pytest.param(case, arguments, words, True, id=case, marks=pytest.mark.xfail(
+        strict=True, reason="BUG (cli.py): this argument error is found only after heavy imports (5-16 s here); "
+        "validate it before importing"))
+
+
 # (case, arguments, words the one line must hold, light: answered before any heavy import).
 # {tmp} and {file} stand for tmp_path and a regular file inside it.
 BAD_INPUT = [
@@ -65,27 +73,39 @@ BAD_INPUT = [
     ("unwritable demo out", ["demo", "--out", "{file}/sub"], ["not writable"], True),
     ("unknown command", ["frobnicate"], ["frobnicate"], True),
     ("missing argument", ["train"], ["model"], True),
+    ("attack negative limit", ["attack", MICRO, "--limit", "-2", "--out", "{tmp}/out"], ["--limit"], True),
+    ("collapse unknown data", ["collapse", MICRO, "--data", "nope", "--out", "{tmp}/out"], ["nope"], True),
+    ("profile zero repeats", ["profile", MICRO, "--repeats", "0", "--out", "{tmp}/out"], ["--repeats"], True),
     ("unknown model", ["train", "no_such_model", "--out", "{tmp}/out"], ["no_such_model"], False),
     ("missing Fashion-MNIST folder", ["demo", "--dataset", "fashion-mnist", "--data-root", "/nonexistent",
                                       "--out", "{tmp}/demo"], ["/nonexistent", "apt-get install"], False),
+    slow_argument_check("attack unknown suite", ["attack", MICRO, "--suite", "nosuch", "--out", "{tmp}/out"],
+                        ["nosuch"]),
+    slow_argument_check("attack missing checkpoint", ["attack", MICRO, "--checkpoint", "{tmp}/none.safetensors",
+                                                      "--out", "{tmp}/out"], ["not found"]),
+    slow_argument_check("corrupt unknown suite", ["corrupt", MICRO, "--suite", "nosuch", "--out", "{tmp}/out"],
+                        ["nosuch"]),
+    slow_argument_check("shift unknown data set", ["shift", "deit_tiny_patch16_224", "--dataset", "imagenet-x",
+                                                   "--data", "{tmp}", "--out", "{tmp}/out"], ["imagenet-x"]),
+    slow_argument_check("profile unknown amp", ["profile", MICRO, "--amp", "fp8", "--out", "{tmp}/out"], ["fp8"]),
 ]
 
 
-@pytest.mark.parametrize("case, arguments, words, light", BAD_INPUT, ids=[case[0] for case in BAD_INPUT])
-def test_bad_input_is_one_line_and_exit_2(run_ellbench, subprocess_env, tmp_path, case, arguments, words, light):
+@pytest.mark.parametrize("case, arguments, words, light", BAD_INPUT,
+                         ids=[entry[0] if isinstance(entry, tuple) else None for entry in BAD_INPUT])
+def test_bad_input_is_one_line_and_exit_2(request, run_ellbench, tmp_path, case, arguments, words, light):
+    if light:
+        request.getfixturevalue("light_env")
     regular_file = tmp_path / "a-file"
     regular_file.write_text("not a folder")
-    subprocess_env["PYTHONPROFILEIMPORTTIME"] = "1"
     result = run_ellbench(*(a.format(tmp=tmp_path, file=regular_file) for a in arguments))
-    modules, lines = imported_modules(result.stderr)
-    assert "Traceback" not in result.stdout + "\n".join(lines)
-    assert result.returncode == 2, lines
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert result.returncode == 2, result.stderr
     assert result.stdout == ""
+    lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     for word in words:
         assert word in lines[0]
-    if light:
-        assert not modules & HEAVY_MODULES, f"{case}: imported {sorted(modules & HEAVY_MODULES)}"
 
 
 def run_main_with_a_failing_command(monkeypatch, error: BaseException):
