@@ -30,7 +30,7 @@ from ellbench.store import KEY_FIELDS, Store, job_id_for
 # outcome cannot depend on which batch or process evaluated it. It can park itself inside batch N (so the test can
 # SIGKILL it mid-run at a known point) and wait for a start file (so two writers start together).
 WORKER = textwrap.dedent('''
-    import argparse, json, sys, time
+    import argparse, json, os, sys, time
     from pathlib import Path
 
     def make_evaluator(delay=0.0, stall_after=None, parked_file=None, calls=None):
@@ -76,7 +76,7 @@ WORKER = textwrap.dedent('''
         job = run_job(store, key_for(args.task, dataset), dataset, evaluate, batch_size=args.batch_size,
                       progress=False)
         print(json.dumps({"evaluated": calls, "status": job["status"], "summary": job["summary"],
-                          "began": began, "ended": time.time()}))
+                          "began": began, "ended": time.time(), "rank": int(os.environ.get("RANK", "0"))}))
 ''')
 
 
@@ -356,3 +356,39 @@ def test_a_killed_attempt_is_not_recorded_as_done_when_the_job_is_resumed(tmp_pa
     first, second = resumed.attempts(job["id"])
     assert second["status"] == "done" and second["ended_utc"] is not None
     assert first["status"] == "abandoned" and first["provenance"] == {"run": 1}
+
+
+def test_two_torchrun_processes_resume_a_job_to_the_single_process_outcomes(tmp_path, worker, subprocess_env):
+    """Batches are sharded whole across ranks; only rank 0 writes; the result equals an uninterrupted run."""
+    limit, batch_size = 40, 4
+    dataset = open_dataset("digits", limit=limit)
+    store_path = tmp_path / "store.sqlite"
+    evaluate, calls = worker.make_evaluator(), []
+
+    def fail_in_batch_3(indices, images, labels):
+        calls.append(int(indices[0]))
+        if len(calls) == 3:
+            raise RuntimeError("power cut")
+        return evaluate(indices, images, labels)
+
+    with pytest.raises(RuntimeError):
+        run_job(Store(store_path), worker.key_for("clean", dataset), dataset, fail_in_batch_3, batch_size=batch_size,
+                progress=False)
+    subprocess_env.pop("WORLD_SIZE", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker.path),
+         str(store_path), "clean", "--limit", str(limit), "--batch-size", str(batch_size)],
+        capture_output=True, text=True, env=subprocess_env, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = {r["rank"]: r for r in map(json.loads, (line for line in result.stdout.splitlines()
+                                                      if line.startswith("{")))}
+    assert set(reports) == {0, 1}
+    # Batches 2..9 remain; rank 0 takes 2, 4, 6, 8 and rank 1 takes 3, 5, 7, 9.
+    assert reports[0]["evaluated"] == [8, 16, 24, 32] and reports[1]["evaluated"] == [12, 20, 28, 36]
+    assert reports[0]["status"] == reports[1]["status"] == "done"
+    store = Store(store_path)
+    (job,) = store.jobs()
+    assert job["summary"]["batches_resumed"] == 2
+    assert [a["status"] for a in store.attempts(job["id"])] == ["interrupted", "done"]  # one attempt: rank 0's
+    assert store.outcomes(job["id"]).equals(reference_outcomes(worker, tmp_path, "clean", limit, batch_size))
+    store.close()
