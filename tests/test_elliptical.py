@@ -169,6 +169,14 @@ def test_first_block_plain_and_block_choice_respected():
         timm.create_model("elliptical_micro_patch4_32", elliptical_blocks=[0, 1])
 
 
+def test_model_options_reach_every_attention_layer():
+    with torch.device("meta"):
+        model = timm.create_model("elliptical_micro_patch4_32", estimator="median", delta=1.0, fused_attn=False)
+    assert {(b.attn.estimator, b.attn.delta, b.attn.fused_attn) for b in model.blocks} == {("median", 1.0, False)}
+    with pytest.raises(EllbenchError, match="delta"):
+        timm.create_model("elliptical_micro_patch4_32", delta=0)
+
+
 def test_intermediates_checkpointing_and_classifier_reset_keep_timm_behaviour():
     torch.manual_seed(5)
     model = timm.create_model("elliptical_micro_patch4_32").eval()
