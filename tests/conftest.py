@@ -42,3 +42,14 @@ def run_ellbench(subprocess_env, tmp_path):
                               cwd=tmp_path, timeout=timeout, check=False)
 
     return run
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: on a shared, busy machine two spinning threads are many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -141,7 +141,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_train_writes_a_checkpoint_and_sidecar_and_reuses_them(run_ellbench, tmp_path, monkeypatch):
+def test_train_writes_a_checkpoint_and_sidecar_and_reuses_them(run_ellbench, tmp_path, monkeypatch, one_thread):
     from safetensors.torch import load_file
 
     from ellbench.data import open_dataset
@@ -189,7 +189,7 @@ def test_train_writes_a_checkpoint_and_sidecar_and_reuses_them(run_ellbench, tmp
     assert sha256(checkpoint) == digest
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch, one_thread):
     """Epoch 2 of 2 fails; the re-run restarts from the state file and ends bitwise equal to an unbroken run."""
     from safetensors.torch import load_file
 
