@@ -1,0 +1,294 @@
+"""Reports against independent recomputation: raw SQL over the stored per-example rows, hand-worked statistics,
+the reference CSV files read directly, and the AlexNet table read with the csv module."""
+
+import csv
+import json
+import math
+import sqlite3
+import statistics
+
+import pandas as pd
+import pytest
+
+from ellbench import attacks, collapse, corruptions
+from ellbench.data import open_dataset
+from ellbench.errors import EllbenchError
+from ellbench.evaluate import load_for_eval, run_clean
+from ellbench.report import (
+    atomic_write,
+    build_report,
+    collapse_data,
+    compare_models,
+    long_results,
+    reference_comparison,
+    robust_vs_eps_data,
+    robustness_throughput_data,
+    severity_data,
+)
+from ellbench.resources import resource_path
+from ellbench.runner import job_key, provenance
+from ellbench.store import Store
+
+RUNS = [("deit_micro_patch4_32", 0), ("deit_micro_patch4_32", 1), ("elliptical_micro_patch4_32", 0)]
+THROUGHPUT = {"deit_micro_patch4_32": 400.0, "elliptical_micro_patch4_32": 300.0}
+SMALL_SUITE = corruptions.CorruptionSuite("test", "two corruptions", ("gaussian_noise", "contrast"), (1, 3))
+
+
+def record_profile(store, name: str, checkpoint: str, throughput: float) -> None:
+    """A profile result as profile_model writes it (only the keys the report reads)."""
+    summary = {"model": name, "device": "cpu", "amp": "off", "batch_size": 8, "throughput_img_s": throughput,
+               "latency_ms_median": 1000.0 / throughput, "peak_memory_mib": 10.0, "gflops_per_image": 0.01,
+               "params": 1000}
+    key = job_key(model=name, checkpoint=checkpoint, data="random-input", task="profile",
+                  settings={"batch_size": 8, "device": "cpu"}, seed=0)
+    store.record_result(key, summary, provenance("cpu"))
+
+
+@pytest.fixture(scope="module")
+def real_store(tmp_path_factory):
+    """Real jobs of tiny random models on 8 digits: clean, paper-protocol FGSM/PGD, collapse, corruptions."""
+    folder = tmp_path_factory.mktemp("store")
+    store = Store.in_folder(folder)
+    data = open_dataset("digits", limit=8)
+    entries = [e for e in attacks.load_suite("quick") if e.protocol == "paper" and e.label != "FGSM eps=8/255"]
+    for name, seed in RUNS:
+        loaded = load_for_eval(name, None, dataset=data, seed=seed)
+        run_clean(store, loaded, data, batch_size=8, seed=seed, progress=False)
+        attacks.run_attack_suite(store, loaded, data, entries, batch_size=8, seed=seed, progress=False)
+        collapse.run_collapse(store, loaded, data, batch_size=8, seed=seed, progress=False)
+        corruptions.run_corruption_suite(store, loaded, SMALL_SUITE, clean=data, batch_size=8, seed=seed,
+                                         progress=False)
+        if seed == 0:
+            record_profile(store, name, loaded.checkpoint_id, THROUGHPUT[name])
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def report(real_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    result = build_report(real_store, out, resamples=500)
+    return out, result
+
+
+def sql_accuracy(store, job_ids: list[str]) -> list[float]:
+    """Accuracy of each job straight from the outcomes table, without ellbench's readers."""
+    with sqlite3.connect(store.path) as conn:
+        return [conn.execute("SELECT AVG(correct) FROM outcomes WHERE job_id = ?", (j,)).fetchone()[0]
+                for j in job_ids]
+
+
+def test_every_table_value_equals_the_recomputation_from_outcome_rows(real_store, report):
+    out, _ = report
+    long = pd.read_csv(out / "results_long.csv")
+    outcome_jobs = {j["id"] for j in real_store.jobs(status="done")
+                    if j["task"] in ("clean", "attack", "corruption", "collapse")}
+    assert outcome_jobs <= set(";".join(long["job_id"]).split(";"))
+    checked = 0
+    for row in long.itertuples():
+        if row.metric in ("accuracy", "robust_accuracy"):
+            assert row.value == pytest.approx(sql_accuracy(real_store, [row.job_id])[0], abs=1e-12)
+        elif row.metric == "corruption_accuracy" or row.metric == "mean_corruption_accuracy":
+            assert row.value == pytest.approx(statistics.mean(sql_accuracy(real_store, row.job_id.split(";"))))
+        elif row.metric == "collapse":
+            with sqlite3.connect(real_store.path) as conn:
+                extras = [json.loads(e)["collapse"][int(row.layer)] for (e,) in
+                          conn.execute("SELECT extra FROM outcomes WHERE job_id = ?", (row.job_id,))]
+            assert row.value == pytest.approx(sum(extras) / len(extras), abs=1e-12)
+        else:
+            continue
+        checked += 1
+    assert checked > 30
+    # results.csv (models x metrics) holds each model's mean over its checkpoints of those values
+    wide = pd.read_csv(out / "results.csv").set_index("model")
+    for (model, label), group in long[long["table"] == "main"].groupby(["model", "label"]):
+        assert wide.loc[model, label] == pytest.approx(sum(group["value"]) / len(group))
+    assert wide.loc["deit_micro_patch4_32", "checkpoints"] == 2
+
+
+def test_multi_seed_cells_show_mean_std_and_n(report):
+    out, _ = report
+    long = pd.read_csv(out / "results_long.csv")
+    seeds = pd.read_csv(out / "results_seeds.csv").set_index(["model", "label"])
+    clean = long[(long["label"] == "clean") & (long["model"] == "deit_micro_patch4_32")]["value"].tolist()
+    assert len(clean) == 2
+    cell = seeds.loc[("deit_micro_patch4_32", "clean")]
+    assert (cell["mean"], cell["n"]) == (pytest.approx(statistics.mean(clean)), 2)
+    assert cell["std"] == pytest.approx(statistics.stdev(clean))
+    clean_row = next(line for line in (out / "results.md").read_text().splitlines()
+                     if line.startswith("| deit_micro_patch4_32 |") and "(n=2)" in line)
+    assert f"{statistics.mean(clean):.4f} ± {statistics.stdev(clean):.4f} (n=2)" in clean_row
+
+
+def test_long_rows_carry_provenance(report):
+    out, _ = report
+    long = pd.read_csv(out / "results_long.csv")
+    for column in ("job_id", "data", "settings", "ellbench_version", "torch", "git_commit", "finished_utc"):
+        assert long[column].notna().all() or column == "git_commit"
+    attack = long[long["task"] == "attack"].iloc[0]
+    assert json.loads(attack["settings"])["protocol"] == "paper"
+    assert attack["data"].startswith("digits:8:")
+
+
+def test_plot_data_are_the_table_values_and_pngs_are_written(report):
+    out, result = report
+    long, _ = long_results_of(out)
+    eps_data = robust_vs_eps_data(long)
+    pgd = long[(long["attack"] == "PGD") & (long["model"] == "deit_micro_patch4_32")]
+    for eps, group in pgd.groupby("eps"):
+        point = eps_data[(eps_data["model"] == "deit_micro_patch4_32") & (eps_data["name"] == "PGD")
+                         & (eps_data["eps"] == eps)]
+        assert point["mean"].item() == pytest.approx(group["value"].mean())
+        assert point["runs"].item() == 2
+    severity = severity_data(long)
+    assert len(severity) == 2 * len(SMALL_SUITE.entries())  # two model names
+    layers = collapse_data(long)
+    assert sorted(set(layers["layer"])) == list(range(6))
+    scatter = robustness_throughput_data(long).set_index("model")
+    for model, throughput in THROUGHPUT.items():
+        smallest = long[(long["model"] == model) & (long["attack"] == "PGD") & (long["eps"] == 2 / 255)]
+        assert scatter.loc[model, "throughput_img_s"] == throughput
+        assert scatter.loc[model, "robust_accuracy"] == pytest.approx(smallest["value"].mean())
+    for path in result["plots"].values():
+        with open(path, "rb") as png:
+            assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert len(result["plots"]) == 4
+
+
+def long_results_of(out):
+    """results_long.csv read back the way the plot-data functions expect it."""
+    return pd.read_csv(out / "results_long.csv"), None
+
+
+def test_trust_checks_are_recomputed_and_shown(real_store, report):
+    out, result = report
+    checks = pd.read_csv(out / "checks.csv")
+    assert set(checks["model"]) == {name for name, _ in RUNS}
+    assert (checks["status"] == checks["stored_status"]).all()
+    assert result["checks"]["ok"] == len(checks) - result["checks"]["warn"] - result["checks"]["fail"]
+    assert "## Attack trust checks" in (out / "results.md").read_text()
+
+
+def add_job(store, *, model, task, settings, correct, data="folder:val:8:abc", checkpoint="sha256:aa", extras=None,
+            summary=None, labels=None):
+    """A finished job with hand-made per-example rows."""
+    key = job_key(model=model, checkpoint=checkpoint, data=data, task=task, settings=settings, seed=0)
+    job = store.open_job(key, total=len(correct), batch_size=len(correct), provenance=provenance("cpu"))
+    rows = [{"idx": i, "label": 0 if labels is None else labels[i], "pred": 0 if c else 1, "correct": c,
+             **(extras[i] if extras else {})} for i, c in enumerate(correct)]
+    store.commit_batch(job["id"], 0, rows)
+    store.finish_job(job["id"], summary or {"n": len(correct)})
+    return job["id"]
+
+
+def paper_pgd(eps, steps=20, protocol="paper"):
+    return {"name": "PGD", "attack": "PGD", "protocol": protocol, "eps": eps, "suite": "paper",
+            "params": {"alpha": 0.15 * eps, "random_start": True, "steps": steps}, "batch_size": 8}
+
+
+def test_reference_numbers_only_beside_matching_protocols(tmp_path):
+    store = Store.in_folder(tmp_path)
+    model = "deit_tiny_patch16_224"
+    add_job(store, model=model, task="attack", settings=paper_pgd(1 / 255), correct=[1, 0, 0, 1])
+    add_job(store, model=model, task="attack", settings=paper_pgd(2 / 255, steps=5), correct=[1, 0, 0, 0])
+    add_job(store, model=model, task="attack", settings=paper_pgd(1 / 255, protocol="standard"), correct=[0, 0, 0, 0])
+    add_job(store, model=model, task="attack", settings=paper_pgd(9 / 255), correct=[0, 0, 0, 0])
+    add_job(store, model="deit_micro_patch4_32", task="clean", settings={}, correct=[1, 1], data="digits:2:ab")
+    long, _ = long_results(store)
+    table, notes = reference_comparison(long)
+    by_metric = table.set_index("metric")
+    with open(resource_path("reference", "rkde_repo_logs.csv")) as handle:
+        logged = [r for r in csv.DictReader(handle) if r["model"] == model and r["attack"] == "PGD"
+                  and r["metric"] == "top1" and math.isclose(float(r["eps"]), 1 / 255)]
+    match = by_metric.loc["PGD 1/255 (paper)"]
+    assert match["status"] == "match" and match["ellbench_pct"] == 50.0
+    assert match["reference_pct"] == "; ".join(f"{float(r['value']):.2f}" for r in logged)
+    assert by_metric.loc["PGD 2/255 (paper)", "status"].startswith("protocol differs: steps 5")
+    assert by_metric.loc["PGD 1/255 (standard)", "status"].startswith("protocol differs")
+    assert by_metric.loc["PGD 9/255 (paper)", "status"].startswith("no match")
+    assert any("never match" in note and "deit_micro_patch4_32" in note for note in notes)
+
+
+def test_compare_models_against_hand_worked_mcnemar(tmp_path):
+    store = Store.in_folder(tmp_path)
+    # A right on 7 examples B gets wrong, B right on 1 that A gets wrong, both right on 2; example 10 only A saw.
+    a = [1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1]
+    b = [0, 0, 0, 0, 0, 0, 0, 1, 1, 1]
+    add_job(store, model="model_a", task="clean", settings={}, correct=a, data="digits:11:x")
+    add_job(store, model="model_b", task="clean", settings={}, correct=b, data="digits:11:x")
+    table = compare_models(store, "model_a", "model_b", seed=0, resamples=2000)
+    row = table.iloc[0]
+    assert (row["n"], row["only_a"], row["only_b"]) == (10, 7, 1)
+    assert row["accuracy_a"] == pytest.approx(0.9) and row["accuracy_b"] == pytest.approx(0.3)
+    assert row["diff"] == pytest.approx(0.6)
+    # exact two-sided McNemar: 2 * P[X <= 1], X ~ Binomial(8, 1/2) = 2 * 9 / 256
+    assert row["p_value"] == pytest.approx(2 * (1 + 8) / 2**8)
+    assert row["ci_low"] <= 0.6 <= row["ci_high"] and row["ci_low"] > 0
+
+
+def test_compare_needs_one_checkpoint_per_model(report, real_store):
+    with pytest.raises(EllbenchError, match="checkpoints"):
+        compare_models(real_store, "deit_micro_patch4_32", "elliptical_micro_patch4_32")
+    table = compare_models(real_store, "deit_micro_patch4_32@random-init:seed=0", "elliptical_micro_patch4_32",
+                           resamples=200)
+    assert set(table["task"]) == {"clean", "attack", "corruption"}
+    assert (table["n"] == 8).all()
+
+
+def test_mce_from_the_alexnet_table(tmp_path):
+    store = Store.in_folder(tmp_path)
+    clean_fp, model, errors = "imagenet-val:4:ab", "deit_tiny_patch16_224", {}
+    outcomes = {("gaussian_noise", 1): [1, 1, 1, 0], ("gaussian_noise", 3): [1, 0, 0, 0],
+                ("contrast", 1): [1, 1, 0, 0], ("contrast", 3): [0, 0, 0, 0]}
+    for (corruption, severity), correct in outcomes.items():
+        add_job(store, model=model, task="corruption", correct=correct, data=f"{clean_fp}|corrupt:{corruption}",
+                settings={"corruption": corruption, "severity": severity, "source": "in-memory", "batch_size": 4})
+        errors[corruption, severity] = 1 - sum(correct) / 4
+    key = job_key(model=model, checkpoint="sha256:aa", data="hash", task="corruption-summary", seed=0,
+                  settings={"suite": "t", "entries": list(outcomes), "source": "in-memory", "baseline": "hendrycks",
+                            "clean": clean_fp})
+    store.record_result(key, {"mce": 0.5}, provenance("cpu"))  # the stored figure is not what the report shows
+    with open(resource_path("corruptions", "alexnet_errors.csv")) as handle:
+        alexnet = {r["corruption"]: r for r in csv.DictReader(handle)}
+    expected_ce = {c: (errors[c, 1] + errors[c, 3]) / (float(alexnet[c]["hendrycks_err_s1"])
+                                                       + float(alexnet[c]["hendrycks_err_s3"]))
+                   for c in ("gaussian_noise", "contrast")}
+    long, _ = long_results(store)
+    values = dict(zip(long["label"], long["value"], strict=True))
+    assert values["CE gaussian_noise"] == pytest.approx(expected_ce["gaussian_noise"])
+    assert values["mCE"] == pytest.approx(statistics.mean(expected_ce.values()))
+    assert "acc contrast" not in values  # CE replaces accuracy-by-corruption for ImageNet-1k data
+
+
+def test_plots_are_skipped_without_their_data(tmp_path):
+    store = Store.in_folder(tmp_path / "s")
+    add_job(store, model="deit_micro_patch4_32", task="clean", settings={}, correct=[1, 0], data="digits:2:ab")
+    result = build_report(store, tmp_path / "out", resamples=10)
+    assert all(value.startswith("skipped") for value in result["plots"].values())
+    assert not list((tmp_path / "out").glob("*.png"))
+    assert "skipped: no collapse results" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_bad_input_is_one_line_errors(tmp_path):
+    store = Store.in_folder(tmp_path / "s")
+    with pytest.raises(EllbenchError, match="no finished results"):
+        build_report(store, tmp_path / "out")
+    add_job(store, model="deit_micro_patch4_32", task="clean", settings={}, correct=[1], data="digits:1:ab")
+    with pytest.raises(EllbenchError, match="unknown report format"):
+        build_report(store, tmp_path / "out", formats=("pdf",))
+    with pytest.raises(EllbenchError, match="nosuch"):
+        build_report(store, tmp_path / "out", models=["nosuch"])
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    target = tmp_path / "results.md"
+    atomic_write(target, "old")
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("ellbench.report.os.replace", failing_replace)
+    with pytest.raises(OSError):
+        atomic_write(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.md"]
