@@ -107,6 +107,9 @@ def main() -> None:
         print(f"  {name:10s} {median[name]:8.3f} s   (runs: {runs})")
     print(f"  speed-up 2 workers / 1 worker : {median['1 worker'] / median['2 workers']:6.2f}x   (target >= 1.7)")
     print(f"  speed-up uncached / cached    : {median['2 workers'] / median['cached']:6.1f}x   (target >= 10)")
+    cpu = {name: statistics.median(c for _, c in values) for name, values in times.items()}
+    print(f"  CPU time 2 workers / 1 worker : {cpu['2 workers'] / cpu['1 worker']:6.2f}x   "
+          f"(work added by the pool: hashing, pickling, process start)")
     print(f"  control: CPU burn 2 processes / 1 : {statistics.median(controls):6.2f}x   "
           f"(runs: {', '.join(f'{c:.2f}' for c in controls)}; the machine's ceiling for the first ratio)")
 
