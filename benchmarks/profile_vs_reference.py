@@ -6,7 +6,8 @@ clock readings). The two alternate round by round in A-B-B-A order so that load 
 alike; the printed ratio of medians should sit in 0.95-1.05.
 
 Part 2 prints the shape of the paper's Table 11 (DeiT vs DeiT-Elliptical at tiny, small and base): throughput at
-batch B, peak memory, FLOPs per image and parameters, with Elliptical's percentage change over DeiT.
+batch B (median of rounds alternating the two models, A-B-B-A), peak memory (one fresh child process per model),
+FLOPs per image and parameters, with Elliptical's percentage change over DeiT.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/profile_vs_reference.py --threads 2
 """
@@ -68,22 +69,35 @@ def percent_change(new: float, old: float) -> str:
     return f"{100.0 * (new - old) / old:+.1f}%"
 
 
+def profile_pair_alternating(size: str, args) -> dict[str, dict]:
+    """Profile DeiT and Elliptical of one size; throughput is the median over rounds run in A-B-B-A order."""
+    results, runs = {}, {"deit": [], "elliptical": []}
+    for round_index in range(args.repeats):
+        order = ("deit", "elliptical") if round_index % 2 == 0 else ("elliptical", "deit")
+        for family in order:
+            result = profile_model(
+                f"{family}_{size}_patch16_224", batch_size=args.table_batch_size, threads=args.threads,
+                warmup=args.warmup, steps=args.table_steps, repeats=1, latency_steps=1,
+                measure_memory=family not in results,
+            )  # fmt: skip
+            results.setdefault(family, result)
+            runs[family].append(result["throughput_img_s"])
+    for family, result in results.items():
+        result["throughput_img_s"] = statistics.median(runs[family])
+        result["params"] = result["params"] / 1e6
+    return results
+
+
 def table_11(args) -> None:
     metrics = [("throughput_img_s", "img/s", "{:.1f}"), ("peak_memory_mib", "peak MiB", "{:.1f}"),
                ("gflops_per_image", "GFLOPs/img", "{:.3f}"), ("params", "params (M)", "{:.2f}")]  # fmt: skip
     print(f"## 2. Table 11 shape: DeiT vs Elliptical, batch {args.table_batch_size}, 224 px, {args.threads} threads, "
-          f"warm-up {args.warmup}, {args.table_steps} steps x {args.repeats} repeats (median)")  # fmt: skip
+          f"warm-up {args.warmup}, {args.table_steps} timed steps, median of {args.repeats} alternating rounds")
     print("| size | model | " + " | ".join(label for _, label, _ in metrics) + " | fused attention |")
     print("|---|---|" + "---|" * (len(metrics) + 1))
     for size in args.sizes:
-        rows = {}
-        for family in ("deit", "elliptical"):
-            result = profile_model(
-                f"{family}_{size}_patch16_224", batch_size=args.table_batch_size, threads=args.threads,
-                warmup=args.warmup, steps=args.table_steps, repeats=args.repeats, latency_steps=1,
-            )  # fmt: skip
-            result["params"] = result["params"] / 1e6
-            rows[family] = result
+        rows = profile_pair_alternating(size, args)
+        for result in rows.values():
             cells = " | ".join(fmt.format(result[key]) for key, _, fmt in metrics)
             print(f"| {size} | {result['model']} | {cells} | {result['fused_attention']} |")
         changes = " | ".join(percent_change(rows["elliptical"][key], rows["deit"][key]) for key, _, _ in metrics)
@@ -104,7 +118,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"])
     parser.add_argument("--table-batch-size", type=int, default=8)
     parser.add_argument("--table-steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=4, help="alternating rounds per Table 11 pair")
     parser.add_argument("--skip-table", action="store_true", help="run part 1 only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
