@@ -67,11 +67,13 @@ def build(name: str, device, **kwargs):
 
 
 def run(sizes, batch: int, img_size: int, repeats: int, warmup: int, device: torch.device, amp: bool,
-        clock=time.perf_counter) -> list[dict]:
+        clock=time.perf_counter, variants=None) -> list[dict]:
     results = []
     for size in sizes:
         images = torch.rand(batch, 3, img_size, img_size, device=device)
         for label, template, reference_kwargs in ROWS:
+            if variants and label not in variants:
+                continue
             name = template.format(size=size)
             models = {"deit": build(f"deit_{size}_patch16_224", device), "fused": build(name, device)}
             if reference_kwargs is not None:
@@ -96,6 +98,7 @@ def format_row(row: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
+    parser.add_argument("--variants", nargs="+", choices=[row[0] for row in ROWS], help="default: every row")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per model (median reported)")
@@ -115,7 +118,8 @@ def main() -> None:
           f"median of {args.repeats} interleaved repeats")
     print("| variant | size | DeiT img/s | variant img/s | variant / DeiT | reference img/s | fused / reference |")
     print("|---|---|---|---|---|---|---|")
-    run(args.sizes, args.batch, args.img_size, args.repeats, args.warmup, device, args.amp, CLOCKS[args.clock])
+    run(args.sizes, args.batch, args.img_size, args.repeats, args.warmup, device, args.amp, CLOCKS[args.clock],
+        args.variants)
 
 
 if __name__ == "__main__":
