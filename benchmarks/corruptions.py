@@ -89,6 +89,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         clean = Path(scratch) / "val"
         build_clean_folder(clean, args.images)
+        warm_up = Path(scratch) / "warm-up"
+        build_clean_folder(warm_up, 1)
+        timed_generation(warm_up, Path(scratch) / "cache-warm-up", corruptions, 1)  # imports, lookup tables, files
         controls = [control_ratio()]
         for repeat in range(args.repeats):
             for workers in (1, 2) if repeat % 2 == 0 else (2, 1):  # alternate order: share drifting load fairly
