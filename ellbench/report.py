@@ -201,8 +201,13 @@ _OUTCOME_ROWS = {"clean": _clean_rows, "attack": _attack_rows, "corruption": _co
 
 
 def done_jobs(store, models=None) -> list[dict]:
-    """Finished jobs of the store, optionally only those of the given model names (unknown names are an error)."""
-    jobs = store.jobs(status="done")
+    """Finished jobs in the order they finished, optionally only those of the given model names.
+
+    Jobs finished within the same second keep the order they were created in (SQLite's rowid), so 'the newest run
+    of a cell' is well defined. Unknown model names are an error.
+    """
+    created = dict(store.conn.execute("SELECT id, rowid FROM jobs"))
+    jobs = sorted(store.jobs(status="done"), key=lambda job: (job["finished_utc"] or "", created[job["id"]]))
     if models:
         known = {job["model"] for job in jobs}
         missing = [m for m in models if m not in known]
@@ -615,7 +620,7 @@ def compare_models(store, model_a: str, model_b: str, *, seed: int = 0, resample
     """
     from ellbench.stats import compare_paired_by
 
-    jobs = store.jobs(status="done")
+    jobs = done_jobs(store)
     checkpoint_a, jobs_a = _select_checkpoint(jobs, model_a)
     checkpoint_b, jobs_b = _select_checkpoint(jobs, model_b)
     table = compare_paired_by(paired_rows(store, jobs_a), paired_rows(store, jobs_b), ["task", "data", "label"],
@@ -906,10 +911,25 @@ def _report_markdown(long, tables, checks, references, notes, plots, reference: 
 
 
 def _comparison_markdown(table) -> str:
-    shown = table.drop(columns=["data"]).copy()
-    for column in ("accuracy_a", "accuracy_b", "diff", "ci_low", "ci_high"):
-        shown[column] = shown[column].astype(float)
-    shown["p_value"] = shown["p_value"].map(lambda p: f"{p:.3g}")
-    return ("# Paired comparison\n\nOn the examples both models saw: accuracy difference A - B with a paired "
-            "bootstrap confidence interval, and the exact McNemar p-value from the discordant counts (only_a: A "
-            "right and B wrong).\n\n" + markdown_table(shown))
+    """One section per pair of models: a row per task / attack and eps / corruption and severity."""
+    parts = ["# Paired comparison\n", "On the examples both models saw: accuracy difference A - B with a paired "
+             "bootstrap confidence interval, and the exact McNemar p-value from the discordant counts (only A: A "
+             "right and B wrong; only B: the reverse).\n"]
+    for (model_a, model_b), pair in table.groupby(["model_a", "model_b"], sort=False):
+        confidence = f"{100 * float(pair['confidence'].iloc[0]):g}% CI"
+        shown = _frame({
+            "task": pair["task"], "data": pair["data_name"], "metric": pair["label"], "n": pair["n"],
+            "acc A": pair["accuracy_a"].astype(float), "acc B": pair["accuracy_b"].astype(float),
+            "A - B": pair["diff"].astype(float),
+            confidence: [f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in zip(pair["ci_low"], pair["ci_high"], strict=True)],
+            "only A": pair["only_a"], "only B": pair["only_b"],
+            "McNemar p": [f"{p:.3g}" for p in pair["p_value"]]})
+        parts.append(f"## A = {model_a}, B = {model_b}\n\n{markdown_table(shown)}")
+    return "\n".join(parts)
+
+
+def _frame(columns: dict):
+    """A DataFrame from named columns (lists or Series, aligned by position)."""
+    import pandas as pd
+
+    return pd.DataFrame({name: list(values) for name, values in columns.items()})

@@ -292,3 +292,31 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
         atomic_write(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["results.md"]
+
+
+def test_labels_name_the_data_set_when_there_are_several_and_newest_run_wins(tmp_path):
+    store = Store.in_folder(tmp_path / "s")
+    model = "deit_tiny_patch16_224"
+    add_job(store, model=model, task="clean", settings={"batch_size": 4}, correct=[1, 0, 0, 0], data="digits:4:a")
+    newest = add_job(store, model=model, task="clean", settings={"batch_size": 2}, correct=[1, 1, 0, 0],
+                     data="digits:4:a")
+    add_job(store, model=model, task="clean", settings={}, correct=[1, 1, 1, 0], data="fashion-mnist:4:b")
+    add_job(store, model=model, task="imagenet-a", settings={}, correct=[1, 0], data="folder:imagenet-a:2:c")
+    long, notes = long_results(store)
+    values = dict(zip(long["label"], long["value"], strict=True))
+    assert values == {"clean @ digits": 0.5, "clean @ fashion-mnist": 0.75, "imagenet-a": 0.5}
+    assert long.set_index("label").loc["clean @ digits", "job_id"] == newest
+    assert len(notes) == 1 and "superseded" in notes[0]
+
+
+def test_comparison_files_have_one_section_per_pair(tmp_path):
+    store = Store.in_folder(tmp_path / "s")
+    for name, correct in (("a_model", [1, 1, 0]), ("b_model", [0, 1, 0]), ("c_model", [0, 0, 1])):
+        add_job(store, model=name, task="clean", settings={}, correct=correct, data="digits:3:x")
+    build_report(store, tmp_path / "out", formats=("md", "csv"), compare=[("a_model", "b_model"),
+                                                                          ("a_model", "c_model")], resamples=100)
+    table = pd.read_csv(tmp_path / "out" / "comparison.csv")
+    assert list(table["only_a"]) == [1, 2] and list(table["only_b"]) == [0, 1]
+    text = (tmp_path / "out" / "comparison.md").read_text()
+    assert text.count("## A = a_model") == 2
+    assert not list((tmp_path / "out").glob("*.png"))
