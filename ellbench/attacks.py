@@ -501,9 +501,9 @@ def summarize_attack(frame) -> dict:
 
 def result_record(entry: AttackEntry, summary: dict) -> dict:
     """What `trust_checks` reads about one finished (attack, eps) job."""
-    return {"name": entry.name, "attack": entry.attack, "protocol": entry.protocol, "eps": entry.eps,
-            "clean_accuracy": summary["clean_accuracy"], "robust_accuracy": summary["robust_accuracy"],
-            "max_linf": summary["max_linf"], "n": summary["n"]}
+    return {"suite": entry.suite, "name": entry.name, "attack": entry.attack, "protocol": entry.protocol,
+            "eps": entry.eps, "clean_accuracy": summary["clean_accuracy"],
+            "robust_accuracy": summary["robust_accuracy"], "max_linf": summary["max_linf"], "n": summary["n"]}
 
 
 def _check(check: str, status: str, detail: str, **where) -> dict:
@@ -512,6 +512,8 @@ def _check(check: str, status: str, detail: str, **where) -> dict:
 
 def trust_checks(results: list[dict], *, tolerance: float = 0.0) -> list[dict]:
     """Checks over finished results (`result_record` dicts of one model and data set), as rows to store and show.
+
+    Results are compared within a suite (and protocol): two suites may hold attacks of the same name and budget.
 
     - budget: every perturbation within eps (fail otherwise: the numbers are not for that eps);
     - robust <= clean: robust accuracy never above clean accuracy;
@@ -522,7 +524,7 @@ def trust_checks(results: list[dict], *, tolerance: float = 0.0) -> list[dict]:
     """
     checks = []
     for r in results:
-        where = {"name": r["name"], "protocol": r["protocol"], "eps": r["eps"]}
+        where = {"suite": r.get("suite"), "name": r["name"], "protocol": r["protocol"], "eps": r["eps"]}
         if r["eps"] is not None:
             bound = r["eps"] * (1 + BUDGET_RTOL) + BUDGET_ATOL
             held = r["max_linf"] <= bound
@@ -534,8 +536,8 @@ def trust_checks(results: list[dict], *, tolerance: float = 0.0) -> list[dict]:
     groups: dict = {}
     for r in results:
         if r["eps"] is not None:
-            groups.setdefault((r["name"], r["protocol"]), []).append(r)
-    for (name, protocol), rows in sorted(groups.items()):
+            groups.setdefault((r.get("suite"), r["name"], r["protocol"]), []).append(r)
+    for (suite, name, protocol), rows in sorted(groups.items(), key=lambda item: str(item[0])):
         rows = sorted(rows, key=lambda r: r["eps"])
         for weaker, stronger in zip(rows, rows[1:], strict=False):
             rises = stronger["robust_accuracy"] > weaker["robust_accuracy"] + tolerance
@@ -543,10 +545,10 @@ def trust_checks(results: list[dict], *, tolerance: float = 0.0) -> list[dict]:
                 "monotone-in-eps", "warn" if rises else "ok",
                 f"robust {weaker['robust_accuracy']:.4f} at {format_eps(weaker['eps'])} -> "
                 f"{stronger['robust_accuracy']:.4f} at {format_eps(stronger['eps'])}",
-                name=name, protocol=protocol, eps=stronger["eps"]))
-    by_budget = {(r["attack"], r["protocol"], r["eps"]): r for r in results}
-    for (attack, protocol, eps), pgd in sorted(by_budget.items(), key=lambda item: str(item[0])):
-        fgsm = by_budget.get(("FGSM", protocol, eps))
+                suite=suite, name=name, protocol=protocol, eps=stronger["eps"]))
+    by_budget = {(r.get("suite"), r["attack"], r["protocol"], r["eps"]): r for r in results}
+    for (suite, attack, protocol, eps), pgd in sorted(by_budget.items(), key=lambda item: str(item[0])):
+        fgsm = by_budget.get((suite, "FGSM", protocol, eps))
         if attack != "PGD" or fgsm is None:
             continue
         weaker = pgd["robust_accuracy"] > fgsm["robust_accuracy"] + tolerance
@@ -554,7 +556,7 @@ def trust_checks(results: list[dict], *, tolerance: float = 0.0) -> list[dict]:
             "PGD>=FGSM", "warn" if weaker else "ok",
             ("possible gradient masking: " if weaker else "")
             + f"PGD robust {pgd['robust_accuracy']:.4f} vs FGSM {fgsm['robust_accuracy']:.4f}",
-            name=pgd["name"], protocol=protocol, eps=eps))
+            suite=suite, name=pgd["name"], protocol=protocol, eps=eps))
     return checks
 
 

@@ -236,8 +236,8 @@ def _frame(rows):
 # --- trust checks on hand-made results ---------------------------------------------------------------------------
 
 
-def _result(name, attack, eps, robust, clean=0.9, linf=None, protocol="paper"):
-    return {"name": name, "attack": attack, "protocol": protocol, "eps": eps, "clean_accuracy": clean,
+def _result(name, attack, eps, robust, clean=0.9, linf=None, protocol="paper", suite="s"):
+    return {"suite": suite, "name": name, "attack": attack, "protocol": protocol, "eps": eps, "clean_accuracy": clean,
             "robust_accuracy": robust, "max_linf": eps if linf is None else linf, "n": 100}
 
 
@@ -258,6 +258,10 @@ def test_trust_checks_flag_each_violation():
     healthy = [_result("PGD", "PGD", 1 / 255, 0.3), _result("PGD", "PGD", 2 / 255, 0.1),
                _result("FGSM", "FGSM", 1 / 255, 0.4), _result("FGSM", "FGSM", 2 / 255, 0.2)]
     assert all(c["status"] == "ok" for c in attacks.trust_checks(healthy))
+    # A second suite's weaker PGD of the same name is compared within its own suite only.
+    other_suite = [_result("PGD", "PGD", 1 / 255, 0.5, suite="quick"),
+                   _result("FGSM", "FGSM", 1 / 255, 0.6, suite="quick")]
+    assert all(c["status"] == "ok" for c in attacks.trust_checks(healthy + other_suite))
 
 
 # --- suites, parameters and bad input ------------------------------------------------------------------------------
