@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,6 @@ INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resamp
 IMAGE_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-@cache
 def imagenet_wnids() -> tuple[str, ...]:
     """The 1000 ImageNet-1k wnids in class-index order (timm's bundled synset list)."""
     from timm.data import ImageNetInfo
@@ -42,7 +40,6 @@ def imagenet_wnids() -> tuple[str, ...]:
     return tuple(ImageNetInfo().label_names())
 
 
-@cache
 def imagenet_class_names() -> tuple[str, ...]:
     """Short human-readable names of the 1000 ImageNet-1k classes (first lemma of each synset)."""
     from timm.data import ImageNetInfo

@@ -9,7 +9,6 @@ with timm's imagenet_{a,r}_synsets.txt / _indices.txt.
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 
 import torch
@@ -31,13 +30,11 @@ def _read_list(name: str, kind: str) -> list[str]:
     return (_DATA_DIR / f"{_check(name).replace('-', '_')}_{kind}.txt").read_text().split()
 
 
-@cache
 def subset_wnids(name: str) -> tuple[str, ...]:
     """The 200 wnids of 'imagenet-a' or 'imagenet-r', sorted (label j of the subset is wnid j)."""
     return tuple(_read_list(name, "wnids"))
 
 
-@cache
 def subset_indices_1k(name: str) -> tuple[int, ...]:
     """ImageNet-1k logit index of each of the subset's 200 classes, in subset-label order."""
     return tuple(int(i) for i in _read_list(name, "indices_1k"))
