@@ -9,6 +9,7 @@ import statistics
 
 import pandas as pd
 import pytest
+import torch
 
 from ellbench import attacks, collapse, corruptions
 from ellbench.data import open_dataset
@@ -31,7 +32,7 @@ from ellbench.store import Store
 
 RUNS = [("deit_micro_patch4_32", 0), ("deit_micro_patch4_32", 1), ("elliptical_micro_patch4_32", 0)]
 THROUGHPUT = {"deit_micro_patch4_32": 400.0, "elliptical_micro_patch4_32": 300.0}
-SMALL_SUITE = corruptions.CorruptionSuite("test", "two corruptions", ("gaussian_noise", "contrast"), (1, 3))
+SMALL_SUITE = corruptions.CorruptionSuite("test", "two cheap corruptions", ("gaussian_noise", "contrast"), (1, 3))
 
 
 def record_profile(store, name: str, checkpoint: str, throughput: float) -> None:
@@ -46,9 +47,11 @@ def record_profile(store, name: str, checkpoint: str, throughput: float) -> None
 
 @pytest.fixture(scope="module")
 def real_store(tmp_path_factory):
-    """Real jobs of tiny random models on 8 digits: clean, paper-protocol FGSM/PGD, collapse, corruptions."""
+    """Real jobs of tiny random models on 8 digits: clean, paper-protocol FGSM and PGD, collapse, corruptions."""
     folder = tmp_path_factory.mktemp("store")
     store = Store.in_folder(folder)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared machine: more threads only wait on each other
     data = open_dataset("digits", limit=8)
     entries = [e for e in attacks.load_suite("quick") if e.protocol == "paper" and e.label != "FGSM eps=8/255"]
     for name, seed in RUNS:
@@ -60,6 +63,7 @@ def real_store(tmp_path_factory):
                                          progress=False)
         if seed == 0:
             record_profile(store, name, loaded.checkpoint_id, THROUGHPUT[name])
+    torch.set_num_threads(threads)
     yield store
     store.close()
 
