@@ -384,7 +384,9 @@ def make_attack(model: nn.Module, entry: AttackEntry) -> Callable:
     if entry.protocol == "paper":
         margin = entry.eps + max(entry.eps, entry.params.get("alpha", 0.0))
         offset, scale = paper_coordinates(model.mean, model.std, margin)
-        attacked = AffineInput(model.model, offset, scale)
+        # Evaluation mode: torchattacks restores the mode it found after each attack, and a training-mode wrapper
+        # would switch the network's BatchNorm/dropout (RVT) to training behaviour for good.
+        attacked = AffineInput(model.model, offset, scale).eval()
         units = PAPER_INPUT_UNITS[entry.attack]
         kwargs = {k: (v / scale if k in units else v) for k, v in kwargs.items()}
     else:
