@@ -324,3 +324,22 @@ def test_comparison_files_have_one_section_per_pair(tmp_path):
     text = (tmp_path / "out" / "comparison.md").read_text()
     assert text.count("## A = a_model") == 2
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_scatter_uses_pgd_at_the_smallest_eps_of_the_paper_protocol(tmp_path):
+    store = Store.in_folder(tmp_path / "s")
+    model = "elliptical_micro_patch4_32"
+    runs = (("sha256:aa", [1, 1, 1, 0], [1, 0, 0, 0]), ("sha256:bb", [1, 1, 0, 0], [0, 0, 0, 0]))
+    for checkpoint, at_1, at_4 in runs:
+        add_job(store, model=model, task="attack", settings=paper_pgd(1 / 255), correct=at_1, checkpoint=checkpoint)
+        add_job(store, model=model, task="attack", settings=paper_pgd(4 / 255), correct=at_4, checkpoint=checkpoint)
+    add_job(store, model=model, task="attack", settings=paper_pgd(0.5 / 255, protocol="standard"), correct=[0, 0])
+    record_profile(store, model, "sha256:aa", 250.0)
+    long, _ = long_results(store)
+    scatter = robustness_throughput_data(long)
+    assert scatter[["robust_accuracy", "throughput_img_s"]].values.tolist() == [[(0.75 + 0.5) / 2, 250.0]]
+    assert scatter["attack"].item() == "PGD 1/255 (paper)"
+    curve = robust_vs_eps_data(long)
+    paper = curve[curve["protocol"] == "paper"].set_index("eps_255")
+    assert paper.loc[1.0, "mean"] == pytest.approx(0.625) and paper.loc[4.0, "mean"] == pytest.approx(0.125)
+    assert paper.loc[1.0, "std"] == pytest.approx(statistics.stdev([0.75, 0.5])) and paper.loc[1.0, "runs"] == 2
