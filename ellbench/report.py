@@ -242,14 +242,31 @@ def long_results(store, *, models=None, jobs=None):
 
 
 def _label_data_sets(frame):
-    """Add ' @ <data>' to labels of tasks that the store holds on more than one data set."""
+    """Add ' @ <data>' to labels of tasks that the store holds on more than one data set.
+
+    Data sets are told apart by their fingerprint (before any corruption suffix), so two subsets of one set
+    (e.g. 'digits' with different limits) are two data sets; their names then carry the fingerprint's hash.
+    """
     if frame.empty:
         return frame
     tasks = frame["task"].replace({"corruption-summary": "corruption"})
-    several = {task for task, names in frame.groupby(tasks)["data_name"] if names.nunique() > 1}
-    needs = tasks.isin(several) & (frame["task"] != "profile")
-    frame.loc[needs, "label"] = frame.loc[needs, "label"] + " @ " + frame.loc[needs, "data_name"]
+    keys = frame["data"].map(_data_key)
+    for task in set(tasks) - {"profile"}:
+        rows = tasks == task
+        distinct = sorted(set(keys[rows]))
+        if len(distinct) < 2:
+            continue
+        names = {key: data_name(key) for key in distinct}
+        if len(set(names.values())) < len(distinct):
+            names = {key: f"{data_name(key)}:{key.rsplit(':', 1)[-1][:8]}" for key in distinct}
+        frame.loc[rows, "label"] = frame.loc[rows, "label"] + " @ " + keys[rows].map(names)
     return frame
+
+
+def _data_key(fingerprint: str) -> str:
+    """The data set a fingerprint belongs to: its clean base; every released ImageNet-C folder is one set."""
+    base = str(fingerprint).split("|", 1)[0]
+    return "imagenet-c" if data_name(base) == "imagenet-c" else base
 
 
 def _newest_per_cell(frame):

@@ -343,3 +343,13 @@ def test_scatter_uses_pgd_at_the_smallest_eps_of_the_paper_protocol(tmp_path):
     paper = curve[curve["protocol"] == "paper"].set_index("eps_255")
     assert paper.loc[1.0, "mean"] == pytest.approx(0.625) and paper.loc[4.0, "mean"] == pytest.approx(0.125)
     assert paper.loc[1.0, "std"] == pytest.approx(statistics.stdev([0.75, 0.5])) and paper.loc[1.0, "runs"] == 2
+
+
+def test_two_subsets_of_one_data_set_are_not_merged(tmp_path):
+    store = Store.in_folder(tmp_path / "s")
+    add_job(store, model="m", task="clean", settings={}, correct=[1, 0], data="digits:2:aaaaaaaaaa")
+    add_job(store, model="m", task="clean", settings={}, correct=[1, 1, 1], data="digits:3:bbbbbbbbbb")
+    long, notes = long_results(store)
+    assert dict(zip(long["label"], long["value"], strict=True)) == {"clean @ digits:aaaaaaaa": 0.5,
+                                                                     "clean @ digits:bbbbbbbb": 1.0}
+    assert notes == []
