@@ -108,11 +108,10 @@ def data_name(fingerprint: str) -> str:
 
 
 def format_eps(eps) -> str:
-    """'4/255' for whole 255ths, else the shortest float; '-' for no budget (as ellbench.attacks writes it)."""
-    if eps is None or (isinstance(eps, float) and math.isnan(eps)):
-        return "-"
-    steps = float(eps) * 255
-    return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{float(eps):g}"
+    """'4/255' for whole 255ths (ellbench.attacks' notation, without importing torchattacks here)."""
+    from ellbench.attacks import format_eps as attack_eps_text
+
+    return attack_eps_text(eps)
 
 
 def _job_fields(job: dict) -> dict:
@@ -381,11 +380,14 @@ def _mce_rows(summary_job: dict, members: list[dict], jobs: list[dict], accuracy
     clean_error = 1.0 - accuracy_by_job[clean_jobs[-1]["id"]][0] if clean_jobs else None
     result = summarize_corruptions(errors, clean_error=clean_error, baseline=settings.get("baseline") or "hendrycks")
     n = sum(accuracy_by_job[j["id"]][1] for j in members)
-    note = "all 15 corruptions x 5 severities" if result["mce_complete"] else \
-        f"partial: {len(result['mce_corruptions'])} corruptions, not the published mCE setting"
-    rows = [_group_row(members, "mce", "mCE", result["mce"], n, note=note)]
+    complete = result["mce_complete"]
+    note = "all 15 corruptions x 5 severities" if complete else "partial: not the published mCE setting"
+    # a partial mCE (fewer corruptions or severities) is not the number papers report: its label says so
+    suffix = "" if complete else f" ({len(result['mce_corruptions'])} of 15 corruptions, partial)"
+    rows = [_group_row(members, "mce", "mCE" + suffix, result["mce"], n, note=note)]
     if result.get("relative_mce") is not None:
-        rows.append(_group_row(members, "relative_mce", "relative mCE", result["relative_mce"], n, note=note))
+        rows.append(_group_row(members, "relative_mce", "relative mCE" + suffix, result["relative_mce"], n,
+                               note=note))
     rows += [_group_row(members, "ce", f"CE {c}", value, None, corruption=c) for c, value in result["ce"].items()]
     return rows
 
