@@ -912,21 +912,32 @@ def _report_markdown(long, tables, checks, references, notes, plots, reference: 
         parts.append(_section("Collapse per layer", markdown_table(tables["collapse_layers"]),
                               "Mean pairwise cosine similarity of the tokens leaving each attention layer."))
     if len(checks):
-        counts = ", ".join(f"{(checks['status'] == s).sum()} {s}" for s in ("fail", "warn", "ok"))
-        flagged = checks[checks["status"] != "ok"].drop(columns=["job_id"])
-        body = markdown_table(flagged) if len(flagged) else "Every check passed."
-        parts.append(_section("Attack trust checks", body, f"{counts} (all checks in checks.csv)."))
+        parts.append(_section("Attack trust checks", _checks_markdown(checks),
+                              "Budget respected, robust <= clean, monotone in eps, PGD at least as strong as FGSM; "
+                              "recomputed from the stored rows (every check in checks.csv)."))
     if reference:
         body = markdown_table(references.drop(columns=["job_id"])) if len(references) else ""
         parts.append(_section("Reference numbers (reports/reference/)", body or "No result can be compared.",
                               "Accuracies in percent. Reference rows are logged numbers of other repositories."))
     if notes:
         parts.append(_section("Notes", "\n".join(f"- {note}" for note in notes)))
+    if "comparison" in tables:
+        parts.append(_section("Paired comparisons", "Is the difference real? See comparison.md (comparison.csv)."))
     images = [f"![{stem}]({Path(path).name})" for stem, path in plots.items() if not path.startswith("skipped")]
     skipped = [f"- {stem}: {path}" for stem, path in plots.items() if path.startswith("skipped")]
     if plots:
         parts.append(_section("Plots", "\n\n".join(images + skipped)))
     return "\n".join(parts)
+
+
+def _checks_markdown(checks) -> str:
+    """Counts of passed (ok), warning and failed checks per model and checkpoint, then every check that did not pass."""
+    counts = checks.assign(n=1).pivot_table(index=["model", "checkpoint"], columns="status", values="n",
+                                            aggfunc="sum", fill_value=0)
+    counts = counts.reindex(columns=["ok", "warn", "fail"], fill_value=0).reset_index()
+    flagged = checks[checks["status"] != "ok"].drop(columns=["job_id"])
+    detail = markdown_table(flagged) if len(flagged) else "Every check passed."
+    return f"{markdown_table(counts)}\n{detail}"
 
 
 def _comparison_markdown(table) -> str:

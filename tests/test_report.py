@@ -353,3 +353,20 @@ def test_two_subsets_of_one_data_set_are_not_merged(tmp_path):
     assert dict(zip(long["label"], long["value"], strict=True)) == {"clean @ digits:aaaaaaaa": 0.5,
                                                                      "clean @ digits:bbbbbbbb": 1.0}
     assert notes == []
+
+
+def test_a_failed_budget_check_is_shown(tmp_path):
+    store = Store.in_folder(tmp_path / "s")
+    eps = 1 / 255
+    extras = [{"clean_correct": 1, "linf": linf, "l2": 0.1} for linf in (eps / 2, 2 * eps)]  # the second is over
+    attack_id = add_job(store, model="m", task="attack", settings=paper_pgd(eps), correct=[1, 0], extras=extras)
+    key = job_key(model="m", checkpoint="sha256:aa", data="folder:val:8:abc", task="attack-checks",
+                  settings={"jobs": [attack_id]}, seed=0)
+    store.record_result(key, {"checks": []}, provenance("cpu"))
+    build_report(store, tmp_path / "out", formats=("md", "csv"))
+    checks = pd.read_csv(tmp_path / "out" / "checks.csv").set_index("check")
+    assert checks.loc["budget", "status"] == "fail"
+    assert checks.loc["budget", "detail"] == f"max linf {2 * eps:.6g} vs eps {eps:.6g}"
+    assert checks.loc["robust<=clean", "status"] == "ok"
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "| m | sha256:aa | 1 | 0 | 1 |" in text and "| budget | PGD 1/255 (paper) | fail |" in text
