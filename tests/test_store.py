@@ -60,6 +60,7 @@ WORKER = textwrap.dedent('''
         parser.add_argument("--limit", type=int, default=60); parser.add_argument("--batch-size", type=int, default=6)
         parser.add_argument("--delay", type=float, default=0.0); parser.add_argument("--stall-after", type=int)
         parser.add_argument("--parked-file"); parser.add_argument("--ready-file"); parser.add_argument("--start-file")
+        parser.add_argument("--report-prefix")
         args = parser.parse_args()
         from ellbench.data import open_dataset
         from ellbench.runner import run_job
@@ -75,8 +76,12 @@ WORKER = textwrap.dedent('''
         evaluate = make_evaluator(args.delay, args.stall_after, args.parked_file, calls)
         job = run_job(store, key_for(args.task, dataset), dataset, evaluate, batch_size=args.batch_size,
                       progress=False)
-        print(json.dumps({"evaluated": calls, "status": job["status"], "summary": job["summary"],
-                          "began": began, "ended": time.time(), "rank": int(os.environ.get("RANK", "0"))}))
+        report = json.dumps({"evaluated": calls, "status": job["status"], "summary": job["summary"],
+                             "began": began, "ended": time.time(), "rank": int(os.environ.get("RANK", "0"))})
+        if args.report_prefix:  # one file per rank: ranks' stdout lines could interleave
+            Path(f"{args.report_prefix}{os.environ.get('RANK', '0')}.json").write_text(report)
+        else:
+            print(report)
 ''')
 
 
@@ -377,12 +382,12 @@ def test_two_torchrun_processes_resume_a_job_to_the_single_process_outcomes(tmp_
     subprocess_env.pop("WORLD_SIZE", None)
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker.path),
-         str(store_path), "clean", "--limit", str(limit), "--batch-size", str(batch_size)],
+         str(store_path), "clean", "--limit", str(limit), "--batch-size", str(batch_size), "--report-prefix",
+         str(tmp_path / "rank")],
         capture_output=True, text=True, env=subprocess_env, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    reports = {r["rank"]: r for r in map(json.loads, (line for line in result.stdout.splitlines()
-                                                      if line.startswith("{")))}
-    assert set(reports) == {0, 1}
+    reports = {rank: json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)}
+    assert reports[0]["rank"] == 0 and reports[1]["rank"] == 1
     # Batches 2..9 remain; rank 0 takes 2, 4, 6, 8 and rank 1 takes 3, 5, 7, 9.
     assert reports[0]["evaluated"] == [8, 16, 24, 32] and reports[1]["evaluated"] == [12, 20, 28, 36]
     assert reports[0]["status"] == reports[1]["status"] == "done"
