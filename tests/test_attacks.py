@@ -200,6 +200,19 @@ def test_same_seed_same_outcome_and_rng_left_alone():
     assert other(indices, images, labels) != first
 
 
+@pytest.mark.parametrize("protocol", attacks.PROTOCOLS)
+def test_attacks_leave_dropout_in_eval_mode(protocol):
+    # torchattacks restores the training flag it found on the module it was given; a fresh wrapper is in training
+    # mode unless told otherwise, and would leave dropout (or RVT's BatchNorm) switched on after the first batch.
+    model = TinyNormalized()
+    model.model.append(nn.Dropout(0.5))
+    indices, images, labels = batch()
+    evaluate = attacks.make_attack_evaluator(model, entry("PGD", protocol, 4 / 255, steps=2, alpha=1 / 255), seed=0)
+    first = evaluate(indices, images, labels)
+    assert not model.training and not model.model.training
+    assert evaluate(indices, images, labels) == first
+
+
 def test_interrupted_attack_run_resumes_to_the_identical_table(tmp_path):
     from ellbench.runner import job_key, run_job
     from ellbench.store import Store
