@@ -605,6 +605,8 @@ def _select_checkpoint(jobs: list[dict], spec: str) -> tuple[str, list[dict]]:
     checkpoints = sorted({j["checkpoint"] for j in own})
     chosen = [c for c in checkpoints if c.startswith(prefix) or c.removeprefix("sha256:").startswith(prefix)] \
         if prefix else checkpoints
+    if prefix in checkpoints:
+        chosen = [prefix]  # an exact name wins over longer names it is a prefix of (seed=1 vs seed=10)
     if len(chosen) != 1:
         listing = ", ".join(checkpoints)
         raise EllbenchError(f"{spec} names {len(chosen)} checkpoints; pick one as {model}@<checkpoint>: {listing}")
@@ -647,9 +649,11 @@ def compare_models(store, model_a: str, model_b: str, *, seed: int = 0, resample
     order = {task: i for i, task in enumerate(TASK_ORDER)}
     table = table.assign(_order=table["task"].map(order)).sort_values(["_order", "data"], kind="stable")
     table = table.drop(columns="_order").reset_index(drop=True)
-    table.insert(0, "model_b", f"{model_b.partition('@')[0]} ({checkpoint_b})")
-    table.insert(0, "model_a", f"{model_a.partition('@')[0]} ({checkpoint_a})")
-    table.insert(4, "data_name", table["data"].map(data_name))
+    names = {"model_a": model_a.partition("@")[0], "checkpoint_a": checkpoint_a,
+             "model_b": model_b.partition("@")[0], "checkpoint_b": checkpoint_b}
+    for position, (column, value) in enumerate(names.items()):
+        table.insert(position, column, value)
+    table.insert(6, "data_name", table["data"].map(data_name))
     return table
 
 
@@ -935,9 +939,15 @@ def _checks_markdown(checks) -> str:
     counts = checks.assign(n=1).pivot_table(index=["model", "checkpoint"], columns="status", values="n",
                                             aggfunc="sum", fill_value=0)
     counts = counts.reindex(columns=["ok", "warn", "fail"], fill_value=0).reset_index()
-    flagged = checks[checks["status"] != "ok"].drop(columns=["job_id"])
+    counts["checkpoint"] = counts["checkpoint"].map(short_checkpoint)
+    flagged = checks[checks["status"] != "ok"].drop(columns=["job_id", "checkpoint"])
     detail = markdown_table(flagged) if len(flagged) else "Every check passed."
     return f"{markdown_table(counts)}\n{detail}"
+
+
+def short_checkpoint(checkpoint: str) -> str:
+    """'sha256:' plus the first 12 hex digits (enough to tell runs apart in a table); other ids unchanged."""
+    return checkpoint[:19] if checkpoint.startswith("sha256:") else checkpoint
 
 
 def _comparison_markdown(table) -> str:
@@ -945,7 +955,8 @@ def _comparison_markdown(table) -> str:
     parts = ["# Paired comparison\n", "On the examples both models saw: accuracy difference A - B with a paired "
              "bootstrap confidence interval, and the exact McNemar p-value from the discordant counts (only A: A "
              "right and B wrong; only B: the reverse).\n"]
-    for (model_a, model_b), pair in table.groupby(["model_a", "model_b"], sort=False):
+    for (model_a, checkpoint_a, model_b, checkpoint_b), pair in table.groupby(
+            ["model_a", "checkpoint_a", "model_b", "checkpoint_b"], sort=False):
         confidence = f"{100 * float(pair['confidence'].iloc[0]):g}% CI"
         shown = _frame({
             "task": pair["task"], "data": pair["data_name"], "metric": pair["label"], "n": pair["n"],
@@ -954,7 +965,8 @@ def _comparison_markdown(table) -> str:
             confidence: [f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in zip(pair["ci_low"], pair["ci_high"], strict=True)],
             "only A": pair["only_a"], "only B": pair["only_b"],
             "McNemar p": [f"{p:.3g}" for p in pair["p_value"]]})
-        parts.append(f"## A = {model_a}, B = {model_b}\n\n{markdown_table(shown)}")
+        parts.append(f"## A = {model_a} ({short_checkpoint(checkpoint_a)}), B = {model_b} "
+                     f"({short_checkpoint(checkpoint_b)})\n\n{markdown_table(shown)}")
     return "\n".join(parts)
 
 
