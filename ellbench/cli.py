@@ -38,6 +38,39 @@ def _positive(value: int, name: str) -> int:
     return value
 
 
+def _check_choice(value: str | None, choices, option: str) -> None:
+    if value is not None and value not in choices:
+        raise EllbenchError(f"unknown {option} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _check_suite(kind: str, name: str | None) -> None:
+    """A shipped suite's name, or an existing TOML file: checked before any heavy import."""
+    if name is None:
+        return
+    if name.endswith(".toml") or "/" in name:
+        if not Path(name).is_file():
+            raise EllbenchError(f"{kind} suite file {name} not found")
+        return
+    from ellbench.resources import resource_dir
+
+    shipped = sorted(path.stem for path in resource_dir(kind).glob("*.toml"))
+    if name not in shipped:
+        raise EllbenchError(f"unknown {kind[:-1]} suite {name!r}; available: {', '.join(shipped)}")
+
+
+def _check_file(path: str | None, what: str) -> None:
+    if path is not None and not Path(path).is_file():
+        raise EllbenchError(f"{what} {path} not found")
+
+
+def _check_device(device: str) -> None:
+    if device not in ("cpu", "cuda", "auto") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise EllbenchError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto")
+
+
+FAMILIES = ("deit", "elliptical", "rvt", "kde", "rkde", "mom")
+
+
 def _print_json(value) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
@@ -48,14 +81,12 @@ def models_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """List the registered models: name, family, parameters, input size."""
+    _check_choice(family, FAMILIES, "family")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ellbench.models.factory import list_models
 
     rows = list_models()
     if family is not None:
-        known = sorted({row["family"] for row in rows})
-        if family not in known:
-            raise EllbenchError(f"unknown family {family!r}; choose one of {', '.join(known)}")
         rows = [row for row in rows if row["family"] == family]
     if as_json:
         _print_json(rows)
@@ -95,6 +126,7 @@ def train_command(
     """
     seed_list = _parse_seeds(seeds)
     _positive(epochs, "--epochs")
+    _check_device(device)
     out_dir = _out_dir(out) / "checkpoints"
     from ellbench.data import BUILTIN_DATASETS
 
@@ -195,7 +227,8 @@ def attack_command(
                               "unless --attack is given."),
     attack: str = typer.Option(None, help="One torchattacks class by name instead of a suite, e.g. PGD."),
     param: list[str] = typer.Option(None, help="Setting of --attack, repeatable: --param eps=4/255 --param steps=10. "
-                                    "A comma list of eps gives one job per eps."),
+                                    "A comma list of eps gives one job per eps; alpha=0.15*eps scales with eps. "
+                                    "SPSA holds max_batch_size x batch images per forward pass."),
     protocol: str = typer.Option("standard", help="For --attack: standard (pixel space, true labels, clipping to "
                                  "[0, 1]) or paper (normalised space, no clipping, the model's own predictions)."),
     limit: int = typer.Option(None, help="Attack the first N examples only."),
@@ -211,6 +244,10 @@ def attack_command(
     are recorded with the results.
     """
     _check_common(batch_size, seed, limit)
+    _check_device(device)
+    _check_suite("attacks", suite)
+    _check_file(checkpoint, "checkpoint")
+    _check_choice(protocol, ("standard", "paper"), "protocol")
     from ellbench import attacks as attacks_lib
 
     if attack is not None:
@@ -246,7 +283,7 @@ def attack_command(
                      "results": rows, "checks": result["checks"]})
         return
     _print_rows(rows, f"{model} on {dataset.name} ({len(dataset)} examples)")
-    bad = [check for check in result["checks"] if check["status"] != "pass"]
+    bad = [check for check in result["checks"] if check["status"] != "ok"]
     for check in bad:
         typer.echo(f"trust check {check['status']}: {check['check']}: {check['detail']}", err=True)
 
@@ -278,6 +315,10 @@ def corrupt_command(
     _check_common(batch_size, seed, limit)
     if workers is not None:
         _positive(workers, "--workers")
+    _check_device(device)
+    _check_suite("corruptions", suite)
+    _check_file(checkpoint, "checkpoint")
+    _check_choice(baseline, ("hendrycks", "robustbench"), "baseline")
     from ellbench import corruptions as corruptions_lib
 
     chosen = corruptions_lib.load_suite(suite)
@@ -330,12 +371,13 @@ def shift_command(
 ):
     """Top-1 accuracy under distribution shift: ImageNet-A or ImageNet-R, logits restricted to their 200 classes."""
     _check_common(batch_size, seed, limit)
-    from ellbench.data.shift import SHIFT_SETS, run_shift
-
-    if dataset not in SHIFT_SETS:
-        raise EllbenchError(f"unknown shift data set {dataset!r}; choose one of {', '.join(SHIFT_SETS)}")
+    _check_device(device)
+    _check_choice(dataset, ("imagenet-a", "imagenet-r"), "shift data set")
+    _check_file(checkpoint, "checkpoint")
     if not Path(data).is_dir():
         raise EllbenchError(f"data folder {data} not found")
+    from ellbench.data.shift import run_shift
+
     out_dir = _out_dir(out)
     from ellbench.evaluate import load_for_eval
     from ellbench.store import Store
@@ -368,6 +410,8 @@ def collapse_command(
 ):
     """Representation collapse per layer: mean pairwise cosine similarity of the attention outputs' tokens."""
     _check_common(batch_size, seed, limit)
+    _check_device(device)
+    _check_file(checkpoint, "checkpoint")
     out_dir = _out_dir(out)
     dataset = _open_eval_data(data, data_root=data_root, limit=limit)
     from ellbench.collapse import run_collapse
@@ -410,6 +454,9 @@ def profile_command(
     _positive(repeats, "--repeats")
     if threads is not None:
         _positive(threads, "--threads")
+    _check_choice(amp, ("off", "bf16", "fp16"), "--amp")
+    _check_device(device)
+    _check_file(checkpoint, "checkpoint")
     for name in models:
         _check_model(name)
     out_dir = _out_dir(out)

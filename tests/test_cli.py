@@ -55,9 +55,7 @@ def test_every_command_and_option_is_explained():
 
 
 def slow_argument_check(case: str, arguments: list[str], words: list[str]):
-    return pytest.param(case, arguments, words, True, id=case, marks=pytest.mark.xfail(
-        strict=True, reason="BUG (cli.py): this argument error is found only after heavy imports (5-16 s here); "
-        "validate it before importing"))
+    return pytest.param(case, arguments, words, True, id=case)
 
 
 # (case, arguments, words the one line must hold, light: answered before any heavy import).
