@@ -677,11 +677,20 @@ def _series_name(frame):
 
 
 def robust_vs_eps_data(long):
-    """Robust accuracy per (model, attack name, protocol, data, eps): mean, std and runs over checkpoints."""
+    """Robust accuracy per (model, attack name, protocol, data, eps): mean, std and runs over checkpoints.
+
+    Each curve starts at eps = 0 with the model's clean accuracy on the same data set, where the store has it.
+    """
+    import pandas as pd
+
     rows = long[(long["task"] == "attack") & long["eps"].notna()]
     if rows.empty:
         return rows
-    table = _mean_over_checkpoints(rows.assign(eps=rows["eps"].astype(float)),
+    rows = rows.assign(eps=rows["eps"].astype(float))
+    clean = long[long["task"] == "clean"]
+    curves = rows[["model", "name", "protocol", "data_name"]].drop_duplicates()
+    starts = curves.merge(clean[["model", "data_name", "checkpoint", "value"]], on=["model", "data_name"])
+    table = _mean_over_checkpoints(pd.concat([rows, starts.assign(eps=0.0)], ignore_index=True),
                                    ["model", "name", "protocol", "data_name", "eps"])
     return table.assign(eps_255=table["eps"] * 255, series=_series_name(table))
 
@@ -770,7 +779,9 @@ def plot_robust_vs_eps(data) -> bytes:
             line = line.sort_values("eps")
             _line(ax, line["eps_255"], 100 * line["mean"], 100 * line["std"], series)
         unit = "normalised input" if protocol == "paper" else "pixels in [0, 1]"
-        ax.set(title=f"{name} ({protocol} protocol)", xlabel=f"eps (x 1/255, {unit})", ylabel="robust accuracy (%)")
+        ax.set(title=f"{name} ({protocol} protocol)", xlabel=f"eps (x 1/255, {unit}); 0 = clean",
+               ylabel="robust accuracy (%)")
+        ax.set_xlim(left=-0.2)
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -144,6 +144,10 @@ def test_plot_data_are_the_table_values_and_pngs_are_written(report):
                          & (eps_data["eps"] == eps)]
         assert point["mean"].item() == pytest.approx(group["value"].mean())
         assert point["runs"].item() == 2
+    start = eps_data[(eps_data["model"] == "deit_micro_patch4_32") & (eps_data["name"] == "PGD")
+                     & (eps_data["eps"] == 0)]
+    clean = long[(long["task"] == "clean") & (long["model"] == "deit_micro_patch4_32")]["value"]
+    assert start["mean"].item() == pytest.approx(clean.mean()) and start["runs"].item() == 2
     severity = severity_data(long)
     assert len(severity) == 2 * len(SMALL_SUITE.entries())  # two model names
     layers = collapse_data(long)
@@ -340,6 +344,7 @@ def test_scatter_uses_pgd_at_the_smallest_eps_of_the_paper_protocol(tmp_path):
     assert scatter[["robust_accuracy", "throughput_img_s"]].values.tolist() == [[(0.75 + 0.5) / 2, 250.0]]
     assert scatter["attack"].item() == "PGD 1/255 (paper)"
     curve = robust_vs_eps_data(long)
+    assert 0.0 not in set(curve["eps"])  # no clean run stored, so no eps-0 point
     paper = curve[curve["protocol"] == "paper"].set_index("eps_255")
     assert paper.loc[1.0, "mean"] == pytest.approx(0.625) and paper.loc[4.0, "mean"] == pytest.approx(0.125)
     assert paper.loc[1.0, "std"] == pytest.approx(statistics.stdev([0.75, 0.5])) and paper.loc[1.0, "runs"] == 2
