@@ -42,8 +42,8 @@ def run_demo(out_dir: Path, *, dataset: str = "digits", data_root: str | None = 
     epochs = epochs or defaults["epochs"]
     limit = limit if limit is not None else defaults["limit"]
     out_dir = Path(out_dir)
+    test_set = open_dataset(dataset, "test", root=data_root, limit=limit)  # a missing data set fails before any file
     store = Store.in_folder(out_dir)
-    test_set = open_dataset(dataset, "test", root=data_root, limit=limit)
     attack_entries = attacks.load_suite(attack_suite)
     suite = corruptions.load_suite(corruption_suite)
     corrupted = corruptions.corrupted_datasets(suite, clean=test_set, seed=seed, precompute=True)

@@ -102,6 +102,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
     from ellbench.store import ensure_writable_dir
 
     config.validate()
+    train_set = open_dataset(config.dataset, "train", root=data_root, limit=config.limit)
     out = ensure_writable_dir(out_dir)
     final = checkpoint_path(out, config)
     sidecar = final.with_suffix(".json")
@@ -112,7 +113,6 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
             record["reused"] = True
             return record
 
-    train_set = open_dataset(config.dataset, "train", root=data_root, limit=config.limit)
     model_kwargs = model_kwargs_for(config.model, train_set.image_size, train_set.num_classes)
     torch.manual_seed(config.seed)
     model = build_model(config.model, seed=config.seed, **model_kwargs).to(device)
