@@ -569,12 +569,22 @@ def reference_comparison(long):
         attack = "clean" if row["task"] == "clean" else row["attack"]
         if attack == "clean":
             same = same_model[same_model["attack"] == "clean"]
-            verdict = "match (assumes the data is the ImageNet-1k validation set)" if len(same) else None
         else:
             same = same_model[(same_model["attack"] == attack)
                               & same_model["eps"].apply(lambda e, x=row["eps"]: _same_eps(e, x))]
-            difference = _protocol_difference(row) if len(same) else None
-            verdict = None if same.empty else f"protocol differs: {difference}" if difference else "match"
+        # rows logged under another protocol (e.g. 'unclear') are compared with nothing
+        other = same[same["protocol"] != attack_protocol(attack)]
+        same = same[same["protocol"] == attack_protocol(attack)]
+        if same.empty:
+            verdict = f"no match: only rows of protocol {', '.join(sorted(set(other['protocol'])))}" if len(other) \
+                else None
+        elif attack == "clean":
+            verdict = "match (assumes the data is the ImageNet-1k validation set)"
+        else:
+            difference = _protocol_difference(row)
+            verdict = f"protocol differs: {difference}" if difference else "match"
+        if verdict and len(other) and len(same):
+            verdict += f" ({len(other)} reference row(s) of another protocol left out)"
         rows.append({"model": row["model"], "checkpoint": row["checkpoint"], "metric": row["label"],
                      "ellbench_pct": 100.0 * float(row["value"]),
                      "reference_pct": "; ".join(f"{v:.2f}" for v in same["value"]) if len(same) else "",
@@ -584,6 +594,11 @@ def reference_comparison(long):
         notes.append(f"No reference numbers for {', '.join(sorted(unnamed))}.")
     return pd.DataFrame(rows, columns=["model", "checkpoint", "metric", "ellbench_pct", "reference_pct", "status",
                                        "reference_source", "job_id"]), notes
+
+
+def attack_protocol(attack: str) -> str:
+    """The reference tables' protocol name for a clean result or an attack of ellbench's paper protocol."""
+    return "clean" if attack == "clean" else "paper"
 
 
 def _same_eps(reference_eps, eps) -> bool:
