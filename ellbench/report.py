@@ -35,7 +35,7 @@ REFERENCE_ATTACK_SETTINGS = {
     "SPSA": {"nb_iter": 40, "lr": 0.01, "delta": 0.01, "nb_sample": 128},
 }
 BUILTIN_DATA = ("digits", "fashion-mnist")
-SMALL_IMAGE_NOTE = ("small-image models (micro, built-in 8-32 px data sets) never match the reference tables, which "
+SMALL_IMAGE_NOTE = ("Small-image models (micro, built-in 8-32 px data sets) never match the reference tables, which "
                     "are ImageNet-1k numbers at 224 px")
 LONG_COLUMNS = ("model", "checkpoint", "seed", "task", "metric", "label", "table", "attack", "name", "protocol", "eps",
                 "corruption", "severity", "layer", "value", "n", "note", "job_id", "data", "data_name", "settings",
@@ -64,9 +64,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def format_cell(value, floatfmt: str = ".4f") -> str:
+    """Table text of one value: floats formatted, missing values (None, NaN, pandas' NA) empty."""
     if isinstance(value, float):
         return "" if value != value else format(value, floatfmt)
-    return "" if value is None else str(value)
+    return "" if value is None or type(value).__name__ == "NAType" else str(value)
 
 
 def markdown_table(frame, floatfmt: str = ".4f") -> str:
@@ -917,7 +918,7 @@ def build_report(store, out_dir, *, formats=("md", "csv", "png"), models=None, r
             plots[stem] = str(out_dir / f"{stem}.png")
             written.append(plots[stem])
     if "md" in formats:
-        text = _report_markdown(long, tables, checks, references, reference_notes + notes, plots, reference)
+        text = _report_markdown(long, tables, checks, references, reference_notes, notes, plots, reference)
         atomic_write(out_dir / "results.md", text)
         written.append(str(out_dir / "results.md"))
         if comparisons:
@@ -928,7 +929,7 @@ def build_report(store, out_dir, *, formats=("md", "csv", "png"), models=None, r
                                                               for s in ("ok", "warn", "fail")}}
 
 
-def _report_markdown(long, tables, checks, references, notes, plots, reference: bool) -> str:
+def _report_markdown(long, tables, checks, references, reference_notes, notes, plots, reference: bool) -> str:
     intro = ("Accuracies are fractions in [0, 1], recomputed from the stored per-example rows; a model with several "
              "checkpoints shows mean ± sample std (n = checkpoints). results_long.csv names the job behind every "
              "value.")
@@ -947,8 +948,10 @@ def _report_markdown(long, tables, checks, references, notes, plots, reference: 
                               "recomputed from the stored rows (every check in checks.csv)."))
     if reference:
         body = markdown_table(references.drop(columns=["job_id"])) if len(references) else ""
-        parts.append(_section("Reference numbers (reports/reference/)", body or "No result can be compared.",
-                              "Accuracies in percent. Reference rows are logged numbers of other repositories."))
+        body = "\n\n".join([body or "No result can be compared.", *reference_notes])
+        parts.append(_section("Reference numbers (reports/reference/)", body,
+                              "Accuracies in percent. Reference rows are logged numbers of other repositories, put "
+                              "beside a result only when model, metric, attack, eps and protocol agree."))
     if notes:
         parts.append(_section("Notes", "\n".join(f"- {note}" for note in notes)))
     if "comparison" in tables:
