@@ -109,7 +109,7 @@ def data_name(fingerprint: str) -> str:
 
 
 def format_eps(eps) -> str:
-    """'4/255' for whole 255ths (ellbench.attacks' notation, without importing torchattacks here)."""
+    """'4/255' for whole 255ths, as ellbench.attacks writes budgets (imported on first use: it loads torchattacks)."""
     from ellbench.attacks import format_eps as attack_eps_text
 
     return attack_eps_text(eps)
@@ -526,6 +526,7 @@ def load_reference():
 
 
 def is_small_image(row) -> bool:
+    """A result of a small-image model or on a built-in small-image data set: never comparable with ImageNet logs."""
     return "micro" in row["model"] or row["model"].endswith("_32") or row["data_name"] in BUILTIN_DATA
 
 
