@@ -1,12 +1,14 @@
-"""`ellbench demo`: the whole product offline, on a built-in data set, in minutes.
+"""`ellbench demo`: the whole product offline, on a built-in data set, in minutes (and the Fashion-MNIST study).
 
 Stages, each through the same library function its own command uses (so the demo is also an end-to-end check):
-train every family at the small-image size with the same budget -> clean accuracy -> quick attack suite -> quick
-corruption suite -> representation collapse -> efficiency profile -> report (tables, plots, paired statistics).
+train every family at the small-image size with the same budget -> clean accuracy -> attack suites -> corruption
+suite -> representation collapse -> efficiency profile -> report (tables, plots, paired statistics).
+With several seeds every family is trained once per seed, and the report gives mean, std and n per cell.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 DEMO_MODELS = (
@@ -16,20 +18,41 @@ DEMO_MODELS = (
     "rkde_micro_patch4_32",
     "mom_micro_patch4_32",
 )
-# The pairs whose paired statistics the demo reports: the paper's method against each other family.
+# The pairs whose paired statistics the report gives: the paper's method against each other family.
 DEMO_COMPARISONS = tuple(("elliptical_micro_patch4_32", other) for other in DEMO_MODELS if not other.startswith("ell"))
-DEMO_DEFAULTS = {
-    "digits": {"epochs": 15, "limit": None, "batch_size": 64},
-    "fashion-mnist": {"epochs": 3, "limit": 1000, "batch_size": 128},
-}
 EVAL_BATCH = 128
 
 
-def run_demo(out_dir: Path, *, dataset: str = "digits", data_root: str | None = None, epochs: int | None = None,
-             limit: int | None = None, seed: int = 0, progress: bool = True, models=DEMO_MODELS,
-             train_limit: int | None = None, attack_suite: str = "quick", corruption_suite: str = "quick",
-             profile: bool = True) -> dict:
-    """Train, evaluate and report; returns the per-model summary rows (also in summary.csv) and the report files."""
+@dataclasses.dataclass(frozen=True)
+class DemoPlan:
+    """What a demo or study run trains and evaluates."""
+
+    dataset: str = "digits"
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 1e-3
+    train_limit: int | None = None
+    limit: int | None = None
+    seeds: tuple[int, ...] = (0,)
+    attack_suites: tuple[str, ...] = ("quick",)
+    corruption_suite: str = "quick"
+    models: tuple[str, ...] = DEMO_MODELS
+    profile: bool = True
+
+
+PRESETS = {
+    # Bundled 8x8 digits: a few minutes on 2 cores.
+    "digits": DemoPlan(),
+    # The same pipeline on Fashion-MNIST at a demo's scale.
+    "fashion-mnist": DemoPlan(dataset="fashion-mnist", epochs=3, batch_size=128, train_limit=10000, limit=1000),
+    # The committed study (reports/fashion-mnist/): 3 seeds, both attack protocols, a wider corruption sweep.
+    "study": DemoPlan(dataset="fashion-mnist", epochs=4, batch_size=128, train_limit=20000, limit=500,
+                      seeds=(0, 1, 2), attack_suites=("study",), corruption_suite="study"),
+}
+
+
+def run_demo(out_dir: Path, plan: DemoPlan, *, data_root: str | None = None, progress: bool = True) -> dict:
+    """Train, evaluate and report; returns the per-checkpoint summary rows (also in summary.csv) and the report."""
     from ellbench import attacks, corruptions
     from ellbench.collapse import run_collapse
     from ellbench.data import open_dataset
@@ -38,62 +61,67 @@ def run_demo(out_dir: Path, *, dataset: str = "digits", data_root: str | None = 
     from ellbench.store import Store
     from ellbench.train import TrainConfig, train
 
-    defaults = DEMO_DEFAULTS[dataset]
-    epochs = epochs or defaults["epochs"]
-    limit = limit if limit is not None else defaults["limit"]
     out_dir = Path(out_dir)
-    test_set = open_dataset(dataset, "test", root=data_root, limit=limit)  # a missing data set fails before any file
+    test_set = open_dataset(plan.dataset, "test", root=data_root, limit=plan.limit)  # fails before any file exists
+    attack_entries = [entry for suite in plan.attack_suites for entry in attacks.load_suite(suite)]
+    suite = corruptions.load_suite(plan.corruption_suite)
     store = Store.in_folder(out_dir)
-    attack_entries = attacks.load_suite(attack_suite)
-    suite = corruptions.load_suite(corruption_suite)
-    corrupted = corruptions.corrupted_datasets(suite, clean=test_set, seed=seed, precompute=True)
     rows = []
-    for name in models:
-        config = TrainConfig(model=name, dataset=dataset, epochs=epochs, batch_size=defaults["batch_size"],
-                             seed=seed, limit=train_limit)
-        record = train(config, out_dir / "checkpoints", data_root=data_root, progress=progress)
-        checkpoint = str(out_dir / "checkpoints" / f"{name}-{dataset}-seed{seed}.safetensors")
-        loaded = load_for_eval(name, checkpoint, dataset=test_set, seed=seed)
-        clean = run_clean(store, loaded, test_set, batch_size=EVAL_BATCH, seed=seed, progress=progress)
-        attacked = attacks.run_attack_suite(store, loaded, test_set, attack_entries, batch_size=EVAL_BATCH, seed=seed,
-                                            progress=progress)
-        corrupt = corruptions.run_corruption_suite(store, loaded, suite, clean=test_set, batch_size=EVAL_BATCH,
-                                                   seed=seed, datasets=corrupted, progress=progress)
-        collapse = run_collapse(store, loaded, test_set, batch_size=EVAL_BATCH, seed=seed, progress=progress)
-        row = {"model": name, "params": record["parameters"],
-               "train_accuracy": record["history"][-1]["train_accuracy"],
-               "clean_accuracy": clean["summary"]["accuracy"]}
-        for entry, job in zip(attack_entries, attacked["jobs"], strict=True):
-            row[f"{entry.label} {entry.protocol} {attacks.format_eps(entry.eps)}"] = job["summary"]["accuracy"]
-        row["corruption_accuracy"] = 1.0 - corrupt["mean_error"]
-        collapse_values = collapse["summary"]["collapse"]
-        row["collapse_last_layer"] = collapse_values[-1]
-        if profile:
-            measured = run_profile(store, name, checkpoint=checkpoint, seed=seed, batch_size=EVAL_BATCH,
-                                   img_size=test_set.image_size, repeats=3, warmup=3, steps=10, latency_steps=20)
-            row["throughput_img_s"] = measured["throughput_img_s"]
-        row["trust_check_failures"] = sum(check["status"] == "fail" for check in attacked["checks"])
-        rows.append(row)
-    title = f"ellbench demo on {dataset} ({len(test_set)} test images, {epochs} epochs, seed {seed})"
-    write_summary(out_dir, rows, title=title, print_table=progress)
-    comparisons = [pair for pair in DEMO_COMPARISONS if pair[0] in models and pair[1] in models]
+    for seed in plan.seeds:
+        corrupted = corruptions.corrupted_datasets(suite, clean=test_set, seed=seed, precompute=True)
+        for name in plan.models:
+            config = TrainConfig(model=name, dataset=plan.dataset, epochs=plan.epochs, batch_size=plan.batch_size,
+                                 lr=plan.lr, seed=seed, limit=plan.train_limit)
+            record = train(config, out_dir / "checkpoints", data_root=data_root, progress=progress)
+            checkpoint = str(out_dir / "checkpoints" / f"{name}-{plan.dataset}-seed{seed}.safetensors")
+            loaded = load_for_eval(name, checkpoint, dataset=test_set, seed=seed)
+            clean = run_clean(store, loaded, test_set, batch_size=EVAL_BATCH, seed=seed, progress=progress)
+            attacked = attacks.run_attack_suite(store, loaded, test_set, attack_entries, batch_size=EVAL_BATCH,
+                                                seed=seed, progress=progress)
+            corrupt = corruptions.run_corruption_suite(store, loaded, suite, clean=test_set, batch_size=EVAL_BATCH,
+                                                       seed=seed, datasets=corrupted, progress=progress)
+            collapse = run_collapse(store, loaded, test_set, batch_size=EVAL_BATCH, seed=seed, progress=progress)
+            row = {"model": name, "seed": seed, "params": record["parameters"],
+                   "train_accuracy": record["history"][-1]["train_accuracy"],
+                   "clean_accuracy": clean["summary"]["accuracy"]}
+            for entry, job in zip(attack_entries, attacked["jobs"], strict=True):
+                row[f"{entry.label} ({entry.protocol})"] = job["summary"]["accuracy"]
+            row["corruption_accuracy"] = 1.0 - corrupt["mean_error"]
+            row["collapse_last_layer"] = collapse["summary"]["collapse"][-1]
+            if plan.profile and seed == plan.seeds[0]:
+                measured = run_profile(store, name, checkpoint=checkpoint, seed=seed, batch_size=EVAL_BATCH,
+                                       img_size=test_set.image_size, repeats=3, warmup=3, steps=10, latency_steps=20)
+                row["throughput_img_s"] = measured["throughput_img_s"]
+            row["trust_check_warnings"] = sum(check["status"] != "ok" for check in attacked["checks"])
+            rows.append(row)
+    seeds = ",".join(map(str, plan.seeds))
+    title = (f"ellbench on {plan.dataset}: {len(test_set)} test images, {plan.epochs} epochs, "
+             f"seed{'s' if len(plan.seeds) > 1 else ''} {seeds}")
+    write_summary(out_dir, rows, title=title, print_table=False)
+    if progress:
+        _print_compact(rows, [f"{e.label} ({e.protocol})" for e in attack_entries], title)
+    comparisons = [pair for pair in DEMO_COMPARISONS if pair[0] in plan.models and pair[1] in plan.models]
     written = build_report(store, out_dir, compare=comparisons)
     store.close()
     if progress:
         from rich.console import Console
 
-        Console(stderr=True).print(f"report written to {out_dir}/: summary.md, " +
-                                   ", ".join(sorted(Path(p).name for p in _paths(written))))
-    return {"out": str(out_dir), "dataset": dataset, "models": rows, "report": written}
+        Console(stderr=True).print(f"report written to {out_dir}/: summary.md, "
+                                   + ", ".join(sorted(Path(p).name for p in written.get("files", []))))
+    return {"out": str(out_dir), "plan": dataclasses.asdict(plan), "rows": rows, "report": written}
 
 
-def _paths(written) -> list[str]:
-    """The file paths in build_report's returned description (a dict that may nest lists of paths)."""
-    found = []
-    values = written.values() if isinstance(written, dict) else written if isinstance(written, list) else [written]
-    for value in values:
-        if isinstance(value, (dict, list)):
-            found.extend(_paths(value))
-        elif isinstance(value, (str, Path)) and Path(value).suffix in (".csv", ".md", ".png"):
-            found.append(str(value))
-    return found
+def _print_compact(rows: list[dict], attack_columns: list[str], title: str) -> None:
+    """A terminal-width table of the headline numbers; summary.md and results.md hold every column."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("model", "seed", "clean", "attacked (mean)", "corrupted (mean)", "collapse (last)", "img/s",
+                  title=title, caption="full tables: summary.md, results.md, comparison.md")
+    for row in rows:
+        attacked = sum(row[c] for c in attack_columns) / max(1, len(attack_columns))
+        throughput = row.get("throughput_img_s")
+        table.add_row(row["model"], str(row["seed"]), f"{row['clean_accuracy']:.3f}", f"{attacked:.3f}",
+                      f"{row['corruption_accuracy']:.3f}", f"{row['collapse_last_layer']:.3f}",
+                      "" if throughput is None else f"{throughput:.0f}")
+    Console().print(table)
