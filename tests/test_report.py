@@ -178,9 +178,9 @@ def test_trust_checks_are_recomputed_and_shown(real_store, report):
 
 
 def add_job(store, *, model, task, settings, correct, data="folder:val:8:abc", checkpoint="sha256:aa", extras=None,
-            summary=None, labels=None):
+            summary=None, labels=None, seed=0):
     """A finished job with hand-made per-example rows."""
-    key = job_key(model=model, checkpoint=checkpoint, data=data, task=task, settings=settings, seed=0)
+    key = job_key(model=model, checkpoint=checkpoint, data=data, task=task, settings=settings, seed=seed)
     job = store.open_job(key, total=len(correct), batch_size=len(correct), provenance=provenance("cpu"))
     rows = [{"idx": i, "label": 0 if labels is None else labels[i], "pred": 0 if c else 1, "correct": c,
              **(extras[i] if extras else {})} for i, c in enumerate(correct)]
@@ -399,3 +399,22 @@ def test_the_shipped_paper_suite_matches_the_reference_protocol(tmp_path):
     assert "another protocol left out" in by_metric.loc["FGSM 1/255 (paper)", "status"]
     # SPSA at 1/255 was logged only for a variant (+median_M), which never matches the plain model
     assert by_metric.loc["SPSA 1/255 (paper)", "status"].startswith("no match")
+
+
+def test_models_with_several_seeds_are_compared_seed_by_seed(tmp_path):
+    store = Store.in_folder(tmp_path / "s")
+    runs = {0: ([1, 1, 0, 0], [1, 0, 0, 0]), 1: ([1, 1, 1, 0], [0, 0, 0, 0])}  # A - B: 0.25 and 0.75
+    for seed, (a, b) in runs.items():
+        add_job(store, model="a_model", task="clean", settings={}, correct=a, data="digits:4:x", seed=seed,
+                checkpoint=f"sha256:a{seed}")
+        add_job(store, model="b_model", task="clean", settings={}, correct=b, data="digits:4:x", seed=seed,
+                checkpoint=f"sha256:b{seed}")
+    table = compare_models(store, "a_model", "b_model", resamples=100)
+    assert list(zip(table["run_seed"], table["checkpoint_a"], table["checkpoint_b"], table["diff"], strict=True)) == [
+        (0, "sha256:a0", "sha256:b0", 0.25), (1, "sha256:a1", "sha256:b1", 0.75)]
+    build_report(store, tmp_path / "out", formats=("md", "csv"), compare=[("a_model", "b_model")], resamples=100)
+    over = pd.read_csv(tmp_path / "out" / "comparison_seeds.csv").iloc[0]
+    assert (over["mean"], over["n"]) == (0.5, 2) and over["std"] == pytest.approx(statistics.stdev([0.25, 0.75]))
+    assert "## Over seeds" in (tmp_path / "out" / "comparison.md").read_text()
+    one = compare_models(store, "a_model@sha256:a1", "b_model@sha256:b0", resamples=100)
+    assert list(one["diff"]) == [0.75 - 0.25] and one["run_seed"].isna().all()  # a1 vs b0: accuracies 0.75, 0.25
