@@ -688,7 +688,7 @@ def compare_models(store, model_a: str, model_b: str, *, seed: int = 0, resample
 
     from ellbench.stats import compare_paired_by
 
-    jobs = done_jobs(store)
+    jobs = [job for job in done_jobs(store) if job["task"] in OUTCOME_TASKS]  # a profile's checkpoint pairs nothing
     tables = []
     for run_seed, checkpoint_a, checkpoint_b in _checkpoint_pairs(jobs, model_a, model_b):
         rows_a = paired_rows(store, [j for j in jobs if (j["model"], j["checkpoint"]) == (model_a.partition("@")[0],

@@ -409,6 +409,7 @@ def test_models_with_several_seeds_are_compared_seed_by_seed(tmp_path):
                 checkpoint=f"sha256:a{seed}")
         add_job(store, model="b_model", task="clean", settings={}, correct=b, data="digits:4:x", seed=seed,
                 checkpoint=f"sha256:b{seed}")
+    record_profile(store, "a_model", "random-init:seed=0", 100.0)  # not a third checkpoint to pair
     table = compare_models(store, "a_model", "b_model", resamples=100)
     assert list(zip(table["run_seed"], table["checkpoint_a"], table["checkpoint_b"], table["diff"], strict=True)) == [
         (0, "sha256:a0", "sha256:b0", 0.25), (1, "sha256:a1", "sha256:b1", 0.75)]
