@@ -493,6 +493,64 @@ def profile_command(
     typer.echo(results[0].get("flops_counting", ""))
 
 
+@app.command("report")
+def report_command(
+    out: Path = typer.Option(None, help="Folder of the store (ellbench.sqlite); default $ELLBENCH_OUT or reports."),
+    report_dir: Path = typer.Option(None, help="Where the tables and plots go (default: the --out folder)."),
+    format: str = typer.Option("md,csv,png", "--format", help="Comma-separated outputs: md, csv, png."),
+    models: str = typer.Option(None, help="Comma-separated model names to include (default: all in the store)."),
+    compare: list[str] = typer.Option(None, help="A paired comparison 'A,B' (repeatable): accuracy difference with a "
+                                      "bootstrap 95% CI and an exact McNemar test per attack, eps and corruption. "
+                                      "A or B may be NAME@CHECKPOINT-PREFIX to pick one checkpoint."),
+    reference: bool = typer.Option(True, help="Put the reference tables (reports/reference/) beside matching results."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap resampling."),
+    resamples: int = typer.Option(10000, help="Bootstrap resamples."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+):
+    """Tables (CSV, Markdown) and plots of everything in the store, with provenance, trust checks, the paper's
+    reference numbers where the protocol matches, and paired statistics between models."""
+    formats = tuple(part.strip() for part in format.split(",") if part.strip())
+    for part in formats:
+        _check_choice(part, ("md", "csv", "png"), "format")
+    if not formats:
+        raise EllbenchError("--format needs at least one of md, csv, png")
+    _positive(resamples, "--resamples")
+    pairs = []
+    for text in compare or []:
+        parts = [part.strip() for part in text.split(",")]
+        if len(parts) != 2 or not all(parts):
+            raise EllbenchError(f"--compare takes two models separated by a comma, got {text!r}")
+        pairs.append(tuple(parts))
+    from ellbench.store import STORE_FILENAME, default_out_dir
+
+    folder = out if out is not None else default_out_dir()
+    if not (folder / STORE_FILENAME).is_file():
+        raise EllbenchError(f"no results store in {folder} (expected {folder / STORE_FILENAME}); run an evaluation "
+                            "first or pass --out")
+    target = _out_dir(report_dir if report_dir is not None else folder)
+    from ellbench.report import build_report
+    from ellbench.store import Store
+
+    store = Store(folder / STORE_FILENAME)
+    written = build_report(store, target, formats=formats, reference=reference, compare=pairs or None, seed=seed,
+                           resamples=resamples,
+                           models=[m.strip() for m in models.split(",") if m.strip()] if models else None)
+    store.close()
+    if as_json:
+        _print_json(written)
+        return
+    for path in written.get("files", []):
+        typer.echo(f"wrote {path}")
+    for name, where in written.get("plots", {}).items():
+        if str(where).startswith("skipped"):
+            typer.echo(f"plot {name} {where}")
+    for note in written.get("notes", []):
+        typer.echo(f"note: {note}")
+    checks = written.get("checks", {})
+    if checks:
+        typer.echo("trust checks: " + ", ".join(f"{count} {status}" for status, count in checks.items()))
+
+
 def _parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]

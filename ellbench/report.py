@@ -494,14 +494,15 @@ def attack_checks_table(store, jobs: list[dict]):
                 continue
             settings = job["settings"]
             summary = summarize_attack(outcomes)
-            results.append({"name": settings["name"], "attack": settings["attack"], "protocol": settings["protocol"],
+            results.append({"suite": settings.get("suite"), "name": settings["name"], "attack": settings["attack"],
+                            "protocol": settings["protocol"],
                             "eps": settings.get("eps"), "clean_accuracy": summary["clean_accuracy"],
                             "robust_accuracy": summary["robust_accuracy"], "max_linf": summary["max_linf"],
                             "n": summary["n"]})
-        stored = {(c["check"], c["name"], c["protocol"], c["eps"]): c["status"]
+        stored = {(c["check"], c.get("suite"), c["name"], c["protocol"], c["eps"]): c["status"]
                   for c in (checks_job.get("summary") or {}).get("checks", [])}
         for check in trust_checks(results):
-            where = (check["check"], check["name"], check["protocol"], check["eps"])
+            where = (check["check"], check.get("suite"), check["name"], check["protocol"], check["eps"])
             rows.append({"model": checks_job["model"], "checkpoint": checks_job["checkpoint"],
                          "data_name": data_name(checks_job["data"]), "check": check["check"],
                          "attack": f"{check['name']} {format_eps(check['eps'])} ({check['protocol']})",
