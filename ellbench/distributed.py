@@ -1,13 +1,27 @@
 """torch.distributed helpers: shard whole batches across ranks, gather per-example outcomes, let rank 0 write.
 
-Under `torchrun` (WORLD_SIZE > 1 in the environment) the process group is initialised on first use: NCCL when CUDA is
-available, gloo otherwise. Sharding is by whole batches (round-robin), so every batch holds exactly the examples it
-holds in a single-process run and per-example outcomes are identical whatever the number of processes.
+Under `torchrun` (WORLD_SIZE > 1 in the environment) the process group is initialised on first use. With CUDA it is
+"cpu:gloo,cuda:nccl": NCCL serves collectives on GPU tensors, while barriers and the object collectives used here
+(outcome rows are Python objects) stay on gloo, so pickled rows never travel through GPU memory and a long wait for
+rank 0 is not cut short by NCCL's watchdog. Without CUDA it is plain gloo.
+
+Sharding is by whole batches (round-robin), so every batch holds exactly the examples it holds in a single-process run
+and per-example outcomes are identical whatever the number of processes.
+
+Every collective gives up after ELLBENCH_DIST_TIMEOUT seconds (default 1800, torch's gloo default), so ranks whose
+peer vanished without closing its connections (a lost machine) end with an error instead of waiting forever. Under
+torchrun a rank that dies is noticed at once: torchrun ends the other ranks of the job.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
+
+from ellbench.errors import EllbenchError
+
+TIMEOUT_ENV = "ELLBENCH_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 1800
 
 
 def _dist():
@@ -20,17 +34,46 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def backend_for(cuda_available: bool) -> str:
+    """The process group's backend: NCCL for GPU tensors when CUDA is there, gloo for CPU tensors and objects."""
+    return "cpu:gloo,cuda:nccl" if cuda_available else "gloo"
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long one collective (gather, broadcast, barrier) may wait for the other ranks: $ELLBENCH_DIST_TIMEOUT s."""
+    text = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise EllbenchError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
+    return datetime.timedelta(seconds=seconds)
+
+
+def _check_launcher_environment() -> None:
+    """WORLD_SIZE > 1 without the rest of torchrun's variables would wait for peers that never come."""
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        raise EllbenchError(f"WORLD_SIZE={world_size()} but {', '.join(missing)} not set: launch with torchrun, "
+                            "or unset WORLD_SIZE for one process")
+
+
 def is_distributed() -> bool:
+    """True under a multi-process launch; initialises the process group on first call."""
     if world_size() <= 1:
         return False
     dist = _dist()
     if not dist.is_initialized():
         import torch
 
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        _check_launcher_environment()
+        timeout = collective_timeout()
+        cuda = torch.cuda.is_available()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if cuda and local_rank < torch.cuda.device_count():  # more processes than GPUs is fine for --device cpu
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend_for(cuda), timeout=timeout)
     return True
 
 
