@@ -221,7 +221,9 @@ class RVT(nn.Module):
         self.num_classes, self.num_features, self.embed_dim = num_classes, dims[-1], dims[-1]
         self.patch_embed = ConvStem(in_chans, dims[0], cfg.stem)
         self.pos_drop = nn.Dropout(drop_rate)
-        drop_path = torch.linspace(0, drop_path_rate, sum(cfg.depths) + 1)[:-1].tolist()  # i / total, as official
+        total = sum(cfg.depths)
+        drop_path = [drop_path_rate * i / total for i in range(total)]  # i / total, as official; plain Python so that
+        # building on the meta device (parameter counts in `ellbench models`) works
         self.transformers, self.pools, start = nn.ModuleList(), nn.ModuleList(), 0
         for stage, (dim, depth, heads) in enumerate(zip(dims, cfg.depths, cfg.heads, strict=True)):
             masked = cfg.masked_blocks if stage == 0 else 0
