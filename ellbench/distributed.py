@@ -89,7 +89,13 @@ def is_writer() -> bool:
 def local_device(requested: str) -> str:
     """Under torchrun with CUDA, each process takes the GPU of its LOCAL_RANK."""
     if requested.startswith("cuda") and is_distributed():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        import torch
+
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise EllbenchError(f"process {local_rank} on this machine has no GPU of its own ({gpus} here): "
+                                "give torchrun --nproc_per_node at most the number of GPUs, or use --device cpu")
+        return f"cuda:{local_rank}"
     return requested
 
 
@@ -102,9 +108,14 @@ def broadcast_object(value):
     return holder[0]
 
 
-def barrier() -> None:
+def barrier(timeout_s: float | None = None) -> None:
+    """Wait for every rank.
+
+    `timeout_s` replaces the collective timeout for a wait known to be long (rank 0 alone generating data while the
+    others wait).
+    """
     if is_distributed():
-        _dist().barrier()
+        _dist().barrier(timeout=None if timeout_s is None else datetime.timedelta(seconds=timeout_s))
 
 
 def _batches(dataset, batches: list[int], batch_size: int, loader_workers: int):

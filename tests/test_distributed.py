@@ -75,6 +75,14 @@ def test_more_processes_than_gpus_leaves_the_gpu_unset(launched, monkeypatch):
     assert launched["set_device"] == []
 
 
+def test_a_process_beyond_the_gpu_count_gets_a_user_error_for_cuda(launched, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(EllbenchError, match="--nproc_per_node"):
+        distributed.local_device("cuda")
+    assert distributed.local_device("cpu") == "cpu"
+
+
 @pytest.mark.parametrize("value", ["0", "-5", "soon", "nan"])
 def test_a_bad_timeout_is_a_user_error(launched, monkeypatch, value):
     monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
@@ -133,9 +141,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_ranks(tmp_path, world: int, *args: str, timeout_s: int = 1800) -> list[subprocess.Popen]:
-    script = tmp_path / "shard_worker.py"
-    script.write_text(SHARD_WORKER)
+def start_ranks(tmp_path, world: int, *args: str, timeout_s: int = 1800, script: Path | None = None) -> list:
+    """`world` hand-launched ranks of a worker script (SHARD_WORKER by default) on a fresh local port."""
+    if script is None:
+        script = tmp_path / "shard_worker.py"
+        script.write_text(SHARD_WORKER)
     port = str(free_port())
     processes = []
     for rank in range(world):
@@ -179,6 +189,38 @@ def test_a_rank_that_dies_ends_its_peer_with_an_error_not_a_hang(tmp_path):
     assert time.monotonic() - began < 100
     report = json.loads((tmp_path / "rank0.json").read_text())
     assert report["evaluated"] == [[0, 1, 2, 3]] and "error" in report
+
+
+LATE_WORKER = textwrap.dedent('''
+    import sys, time
+    from pathlib import Path
+    from ellbench import distributed
+
+    distributed.is_distributed()
+    outcomes = []
+    for timeout_s in (20.0, None):  # a long explicit wait, then the environment's 2 s
+        if distributed.rank() == 1:
+            time.sleep(6)
+        began = time.monotonic()
+        try:
+            distributed.barrier(timeout_s)
+            outcomes.append("met")
+        except RuntimeError:
+            outcomes.append(f"timed out {time.monotonic() - began:.2f}")
+            break
+    Path(f"{sys.argv[1]}{distributed.rank()}.txt").write_text(", ".join(outcomes))
+''')
+
+
+def test_barrier_waits_as_long_as_asked_and_otherwise_the_environment_timeout(tmp_path):
+    """A rank 6 s late: a 20 s barrier meets it; under ELLBENCH_DIST_TIMEOUT=2 the waiting rank stops after 2 s."""
+    (tmp_path / "shard_worker.py").write_text(LATE_WORKER)
+    processes = start_ranks(tmp_path, 2, timeout_s=2, script=tmp_path / "shard_worker.py")
+    for process in processes:
+        process.wait(timeout=120)
+    met, timed_out = (tmp_path / "rank0.txt").read_text().split(", ")
+    assert met == "met" and timed_out.startswith("timed out")
+    assert 1.9 < float(timed_out.split()[-1]) < 5  # not the 6 s it would take to meet the late rank
 
 
 # ---------------------------------------------------------------------------------------------------------------
