@@ -44,9 +44,9 @@ PRESETS = {
     # Bundled 8x8 digits: a few minutes on 2 cores.
     "digits": DemoPlan(),
     # The same pipeline on Fashion-MNIST at a demo's scale.
-    "fashion-mnist": DemoPlan(dataset="fashion-mnist", epochs=3, batch_size=128, train_limit=10000, limit=1000),
+    "fashion-mnist": DemoPlan(dataset="fashion-mnist", epochs=3, batch_size=64, train_limit=10000, limit=1000),
     # The committed study (reports/fashion-mnist/): 3 seeds, both attack protocols, a wider corruption sweep.
-    "study": DemoPlan(dataset="fashion-mnist", epochs=4, batch_size=128, train_limit=20000, limit=500,
+    "study": DemoPlan(dataset="fashion-mnist", epochs=4, batch_size=64, train_limit=10000, limit=500,
                       seeds=(0, 1, 2), attack_suites=("study",), corruption_suite="study"),
 }
 
