@@ -137,6 +137,25 @@ def _batches(dataset, batches: list[int], batch_size: int, loader_workers: int):
         yield batch, indices, images, labels
 
 
+def _data_identity(dataset) -> tuple:
+    """What must agree between ranks: the example count, and the fingerprint of content-hashed (built-in) data.
+
+    Folder fingerprints include file times, which differ between copies of one data set on different machines.
+    """
+    fingerprint = str(getattr(dataset, "fingerprint", ""))
+    return len(dataset), None if "folder:" in fingerprint else fingerprint
+
+
+def _check_same_data(dataset) -> None:
+    """Every rank must read the data rank 0 reads, or batch b would hold different examples on different ranks."""
+    seen = [None] * world_size()
+    _dist().all_gather_object(seen, _data_identity(dataset))
+    for other_rank, other in enumerate(seen):
+        if other != seen[0]:
+            raise EllbenchError(f"rank {other_rank} sees {other[0]} examples ({other[1] or 'a folder'}), rank 0 sees "
+                                f"{seen[0][0]} ({seen[0][1] or 'a folder'}): every machine needs the same data")
+
+
 def evaluate_batches(dataset, todo: list[int], batch_size: int, evaluate_batch, *, loader_workers: int = 0):
     """Yield (batch, rows) for every batch in `todo`; under torch.distributed, rank 0 receives all ranks' rows."""
     import torch
@@ -146,6 +165,7 @@ def evaluate_batches(dataset, todo: list[int], batch_size: int, evaluate_batch, 
             yield batch, evaluate_batch(torch.as_tensor(indices), images, labels)
         return
     dist, size, me = _dist(), world_size(), rank()
+    _check_same_data(dataset)
     mine = todo[me::size]
     rounds = (len(todo) + size - 1) // size
     loaded = _batches(dataset, mine, batch_size, loader_workers)

@@ -113,8 +113,9 @@ SHARD_WORKER = textwrap.dedent('''
     from ellbench import distributed
     from ellbench.data import open_dataset
 
-    limit, batch_size, todo, die_rank, report = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]), \\
-        int(sys.argv[4]), sys.argv[5]
+    limit, batch_size, todo, die_rank, limit_step, report = int(sys.argv[1]), int(sys.argv[2]), \\
+        json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+    limit += limit_step * distributed.rank()  # a rank that sees other data than rank 0
     evaluated = []
 
     def evaluate_batch(indices, images, labels):
@@ -127,8 +128,8 @@ SHARD_WORKER = textwrap.dedent('''
         received = [[b, rows] for b, rows in distributed.evaluate_batches(open_dataset("digits", limit=limit), todo,
                                                                          batch_size, evaluate_batch)]
         outcome = {"received": received}
-    except Exception as exc:  # the survivor's report of the dead peer
-        outcome = {"error": type(exc).__name__}
+    except Exception as exc:  # the survivor's report of the dead peer, or of different data
+        outcome = {"error": type(exc).__name__, "message": str(exc)}
     Path(f"{report}{distributed.rank()}.json").write_text(json.dumps({"evaluated": evaluated, **outcome}))
 ''')
 
@@ -171,7 +172,7 @@ def expected_rows(limit: int, batch_size: int, todo: list[int]) -> list:
 def test_more_ranks_than_batches_leaves_a_rank_idle_and_loses_nothing(tmp_path):
     """One batch left (the short tail) for two ranks: rank 1 evaluates nothing yet joins the gather; rank 0 gets it."""
     limit, batch_size, todo = 7, 4, [1]
-    processes = start_ranks(tmp_path, 2, str(limit), str(batch_size), json.dumps(todo), "-1")
+    processes = start_ranks(tmp_path, 2, str(limit), str(batch_size), json.dumps(todo), "-1", "0")
     for process in processes:
         assert process.wait(timeout=120) == 0, process.stderr.read()[-2000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -182,13 +183,24 @@ def test_more_ranks_than_batches_leaves_a_rank_idle_and_loses_nothing(tmp_path):
 
 def test_a_rank_that_dies_ends_its_peer_with_an_error_not_a_hang(tmp_path):
     """Without torchrun to end the job, the survivor still stops: gloo sees the closed connection (or times out)."""
-    processes = start_ranks(tmp_path, 2, "16", "4", json.dumps([0, 1, 2, 3]), "1", timeout_s=30)
+    processes = start_ranks(tmp_path, 2, "16", "4", json.dumps([0, 1, 2, 3]), "1", "0", timeout_s=30)
     began = time.monotonic()
     assert processes[1].wait(timeout=120) == 3
     processes[0].wait(timeout=120)
     assert time.monotonic() - began < 100
     report = json.loads((tmp_path / "rank0.json").read_text())
     assert report["evaluated"] == [[0, 1, 2, 3]] and "error" in report
+
+
+def test_ranks_that_see_different_data_stop_before_evaluating(tmp_path):
+    """Rank 1 opened 9 examples, rank 0 opened 8: both stop with the one-line user error, nothing evaluated."""
+    processes = start_ranks(tmp_path, 2, "8", "4", json.dumps([0, 1]), "-1", "1")
+    for process in processes:
+        process.wait(timeout=120)
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["evaluated"] == [] and report["error"] == "EllbenchError"
+        assert "rank 1 sees 9 examples (digits:9:" in report["message"] and "rank 0 sees 8" in report["message"]
 
 
 LATE_WORKER = textwrap.dedent('''
@@ -198,9 +210,9 @@ LATE_WORKER = textwrap.dedent('''
 
     distributed.is_distributed()
     outcomes = []
-    for timeout_s in (20.0, None):  # a long explicit wait, then the environment's 2 s
+    for timeout_s in (20.0, None):  # a long explicit wait, then the environment's 1 s
         if distributed.rank() == 1:
-            time.sleep(6)
+            time.sleep(4)
         began = time.monotonic()
         try:
             distributed.barrier(timeout_s)
@@ -213,14 +225,14 @@ LATE_WORKER = textwrap.dedent('''
 
 
 def test_barrier_waits_as_long_as_asked_and_otherwise_the_environment_timeout(tmp_path):
-    """A rank 6 s late: a 20 s barrier meets it; under ELLBENCH_DIST_TIMEOUT=2 the waiting rank stops after 2 s."""
+    """A rank 4 s late: a 20 s barrier meets it; under ELLBENCH_DIST_TIMEOUT=1 the waiting rank stops after 1 s."""
     (tmp_path / "shard_worker.py").write_text(LATE_WORKER)
-    processes = start_ranks(tmp_path, 2, timeout_s=2, script=tmp_path / "shard_worker.py")
+    processes = start_ranks(tmp_path, 2, timeout_s=1, script=tmp_path / "shard_worker.py")
     for process in processes:
         process.wait(timeout=120)
     met, timed_out = (tmp_path / "rank0.txt").read_text().split(", ")
     assert met == "met" and timed_out.startswith("timed out")
-    assert 1.9 < float(timed_out.split()[-1]) < 5  # not the 6 s it would take to meet the late rank
+    assert 0.9 < float(timed_out.split()[-1]) < 3.5  # not the 4 s it would take to meet the late rank
 
 
 # ---------------------------------------------------------------------------------------------------------------
