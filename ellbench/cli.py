@@ -459,6 +459,11 @@ def profile_command(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
     threads: int = typer.Option(None, help="CPU threads (default: torch's)."),
     repeats: int = typer.Option(3, help="Timed repeats; the median and spread are reported."),
+    warmup: int = typer.Option(10, help="Untimed warm-up steps before each measurement."),
+    steps: int = typer.Option(40, help="Timed steps per throughput repeat."),
+    latency_steps: int = typer.Option(50, help="Timed batch-1 calls for the latency median and p90."),
+    reference_attn: bool = typer.Option(False, "--reference-attn", help="Time the explicit reference attention "
+                                        "(fused_attn=False) instead of each model's fused path."),
     checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
     memory: bool = typer.Option(True, help="Measure peak memory (CPU: a fresh child process per model)."),
     seed: int = typer.Option(0, help=SEED_HELP),
@@ -468,6 +473,10 @@ def profile_command(
     """Throughput, latency, peak memory, FLOPs (attention counted the same way for every model) and parameters."""
     _positive(batch_size, "--batch-size")
     _positive(repeats, "--repeats")
+    _positive(steps, "--steps")
+    _positive(latency_steps, "--latency-steps")
+    if warmup < 0:
+        raise EllbenchError(f"--warmup must be >= 0, got {warmup}")
     if threads is not None:
         _positive(threads, "--threads")
     _check_choice(amp, ("off", "bf16", "fp16"), "--amp")
@@ -482,7 +491,9 @@ def profile_command(
     store = Store.in_folder(out_dir)
     results = [run_profile(store, name, batch_size=batch_size, img_size=img_size, device=device, amp=amp,
                            compile=compile, threads=threads, repeats=repeats, checkpoint=checkpoint,
-                           measure_memory=memory, seed=seed) for name in models]
+                           measure_memory=memory, seed=seed, warmup=warmup, steps=steps,
+                           latency_steps=latency_steps, fused_attn=False if reference_attn else None)
+               for name in models]
     if as_json:
         _print_json(results)
         return
