@@ -68,6 +68,13 @@ def _check_device(device: str) -> None:
         raise EllbenchError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto")
 
 
+def _single_process(command: str) -> None:
+    """Commands that measure or write files themselves do not shard; refuse them under torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise EllbenchError(f"`ellbench {command}` runs in one process; run it without torchrun "
+                            "(attack, corrupt, shift and collapse run under torchrun)")
+
+
 FAMILIES = ("deit", "elliptical", "rvt", "kde", "rkde", "mom")
 
 
@@ -124,6 +131,7 @@ def train_command(
 
     Resumable: an interrupted run continues from its last finished epoch; a finished one is reused.
     """
+    _single_process("train")
     seed_list = _parse_seeds(seeds)
     _positive(epochs, "--epochs")
     _check_device(device)
@@ -173,6 +181,7 @@ def demo_command(
 ):
     """The whole product offline, in minutes: train the five families on a built-in data set, attack, corrupt,
     measure collapse and cost, and write a report with plots and paired statistics (reports/demo/)."""
+    _single_process("demo")
     import dataclasses
 
     if epochs is not None:
@@ -471,6 +480,7 @@ def profile_command(
     as_json: bool = typer.Option(False, "--json", help="Print the measurements as JSON."),
 ):
     """Throughput, latency, peak memory, FLOPs (attention counted the same way for every model) and parameters."""
+    _single_process("profile")
     _positive(batch_size, "--batch-size")
     _positive(repeats, "--repeats")
     _positive(steps, "--steps")
@@ -520,6 +530,7 @@ def report_command(
 ):
     """Tables (CSV, Markdown) and plots of everything in the store, with provenance, trust checks, the paper's
     reference numbers where the protocol matches, and paired statistics between models."""
+    _single_process("report")
     formats = tuple(part.strip() for part in format.split(",") if part.strip())
     for part in formats:
         _check_choice(part, ("md", "csv", "png"), "format")
