@@ -324,7 +324,8 @@ def corrupt_command(
     data_root: str = typer.Option(None, help="Folder of the Fashion-MNIST IDX files, for --data fashion-mnist."),
     suite: str = typer.Option("quick", help="Corruption suite: imagenet-c (15 x 5), imagenet-c-extra, quick, or a "
                               "TOML file."),
-    limit: int = typer.Option(None, help="Evaluate the first N images per (corruption, severity) only."),
+    limit: int = typer.Option(None, help="Evaluate N images per (corruption, severity) only: the first N of a "
+                              "built-in set, N spread evenly over a folder's classes."),
     batch_size: int = typer.Option(64, help="Examples per batch."),
     workers: int = typer.Option(None, help="Processes generating corrupted images (default: all cores)."),
     cache_dir: Path = typer.Option(None, help="Cache of generated ImageNet-C images (default: ~/.cache/ellbench)."),
@@ -370,6 +371,13 @@ def corrupt_command(
         _print_json(summary)
         return
     _print_json_summary(summary)
+    if summary.get("upsampled"):
+        typer.echo("note: images under 32 px were upsampled to 32 px, corrupted and downsampled back "
+                   "(imagecorruptions refuses smaller images)")
+    if summary.get("skipped_images"):
+        typer.echo(f"note: {summary['skipped_images']} unreadable images were skipped (--skip-bad-images)")
+    if summary.get("mce") is not None:
+        typer.echo(f"mCE {100 * summary['mce']:.1f} (AlexNet = 100, baseline {summary.get('baseline')})")
 
 
 def _print_json_summary(summary: dict) -> None:
