@@ -377,7 +377,7 @@ def corrupt_command(
     if summary.get("skipped_images"):
         typer.echo(f"note: {summary['skipped_images']} unreadable images were skipped (--skip-bad-images)")
     if summary.get("mce") is not None:
-        typer.echo(f"mCE {100 * summary['mce']:.1f} (AlexNet = 100, baseline {summary.get('baseline')})")
+        typer.echo(f"mCE {100 * summary['mce']:.1f} (AlexNet = 100; baseline {summary['baseline']['name']})")
 
 
 def _print_json_summary(summary: dict) -> None:
