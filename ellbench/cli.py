@@ -175,6 +175,8 @@ def demo_command(
     limit: int = typer.Option(None, help="Evaluate on the first N test images (default: the preset's)."),
     attack_suite: list[str] = typer.Option(None, help="Attack suite(s), repeatable (default: the preset's)."),
     corruption_suite: str = typer.Option(None, help="Corruption suite (default: the preset's)."),
+    models: str = typer.Option(None, help="Comma-separated small-image models (default: one per family: "
+                               "deit, elliptical, rvt, rkde and mom micro)."),
     out: Path = typer.Option(None, help="Output folder for the store, checkpoints and report (default: reports/demo, "
                              "or reports/fashion-mnist for the study)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -192,6 +194,9 @@ def demo_command(
     for name in attack_suite or []:
         _check_suite("attacks", name)
     _check_suite("corruptions", corruption_suite)
+    for name in (models or "").split(","):
+        if name.strip():
+            _check_model(name.strip())
     presets = ("digits", "fashion-mnist", "study")
     _check_choice(dataset, presets, "demo data set")
     out_dir = _out_dir(out if out is not None else Path("reports/fashion-mnist" if dataset == "study"
@@ -200,7 +205,8 @@ def demo_command(
 
     overrides = {"epochs": epochs, "train_limit": train_limit, "limit": limit, "corruption_suite": corruption_suite,
                  "seeds": tuple(_parse_seeds(seeds)) if seeds else None,
-                 "attack_suites": tuple(attack_suite) if attack_suite else None}
+                 "attack_suites": tuple(attack_suite) if attack_suite else None,
+                 "models": tuple(m.strip() for m in models.split(",") if m.strip()) if models else None}
     plan = dataclasses.replace(PRESETS[dataset], **{k: v for k, v in overrides.items() if v is not None})
     summary = run_demo(out_dir, plan, data_root=data_root, progress=not as_json)
     if as_json:

@@ -46,7 +46,8 @@ PRESETS = {
     # The same pipeline on Fashion-MNIST at a demo's scale.
     "fashion-mnist": DemoPlan(dataset="fashion-mnist", epochs=3, batch_size=64, train_limit=10000, limit=1000),
     # The committed study (reports/fashion-mnist/): 3 seeds, both attack protocols, a wider corruption sweep.
-    "study": DemoPlan(dataset="fashion-mnist", epochs=4, batch_size=64, train_limit=10000, limit=500,
+    # Sized to run within about an hour on 2 CPU cores (one process per seed, one thread each).
+    "study": DemoPlan(dataset="fashion-mnist", epochs=2, batch_size=64, train_limit=5000, limit=300,
                       seeds=(0, 1, 2), attack_suites=("study",), corruption_suite="study"),
 }
 

@@ -1,0 +1,99 @@
+"""The demo and the Fashion-MNIST study pipeline, reduced: one epoch, few images, the real command."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+MODELS = ("deit_micro_patch4_32", "elliptical_micro_patch4_32")
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """An IDX file in the public release's format (unsigned bytes, big-endian dimensions), gzip-compressed."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_fashion_mnist(tmp_path):
+    """A Fashion-MNIST folder in the release's layout: 28x28 grey images whose class sets their brightness pattern."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    for images_name, labels_name, count in (("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 80),
+                                            ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 24)):
+        labels = np.arange(count) % 10
+        images = rng.integers(0, 60, size=(count, 28, 28))
+        for index, label in enumerate(labels):
+            images[index, :, label * 2:label * 2 + 6] += 180
+        write_idx(folder / images_name, images)
+        write_idx(folder / labels_name, labels)
+    return folder
+
+
+def test_study_command_regenerates_its_report(run_ellbench, tmp_path, tiny_fashion_mnist):
+    out = tmp_path / "study"
+    result = run_ellbench("demo", "--dataset", "study", "--data-root", str(tiny_fashion_mnist), "--epochs", "1",
+                          "--seeds", "0,1", "--train-limit", "40", "--limit", "12", "--out", str(out),
+                          "--models", ",".join(MODELS), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+    with open(out / "summary.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # Every model once per seed, each with the study suite's 12 attack columns.
+    from ellbench.attacks import load_suite
+
+    assert sorted((r["model"], r["seed"]) for r in rows) == sorted((m, s) for m in MODELS for s in ("0", "1"))
+    attack_columns = [f"{e.label} ({e.protocol})" for e in load_suite("study")]
+    assert len(attack_columns) == 12 and all(column in rows[0] for column in attack_columns)
+    for row in rows:
+        assert 0.0 <= float(row["clean_accuracy"]) <= 1.0
+
+    for name in ("results.md", "results.csv", "results_seeds.csv", "results_long.csv", "comparison.md",
+                 "checks.csv", "robust_vs_eps.png", "accuracy_vs_severity.png", "collapse_per_layer.png",
+                 "robustness_vs_throughput.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    with open(out / "results_seeds.csv", newline="") as handle:
+        seeds = list(csv.DictReader(handle))
+    clean = [r for r in seeds if r["label"] == "clean"]
+    assert len(clean) == len(MODELS) and all(int(float(r["n"])) == 2 for r in clean), clean
+    comparison = (out / "comparison.md").read_text()
+    assert "elliptical_micro_patch4_32" in comparison and "McNemar" in comparison
+
+    # The same command again reuses every checkpoint and job: nothing is trained or evaluated twice.
+    from ellbench.store import Store
+
+    store = Store.in_folder(out)
+    jobs_before = {job["id"]: job["finished_utc"] for job in store.jobs() if job["task"] != "profile"}
+    store.close()
+    again = run_ellbench("demo", "--dataset", "study", "--data-root", str(tiny_fashion_mnist), "--epochs", "1",
+                         "--seeds", "0,1", "--train-limit", "40", "--limit", "12", "--out", str(out),
+                         "--models", ",".join(MODELS), timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    store = Store.in_folder(out)
+    jobs_after = {job["id"]: job["finished_utc"] for job in store.jobs() if job["task"] != "profile"}
+    store.close()
+    assert jobs_after == jobs_before
+
+
+def test_demo_rejects_a_missing_data_set_without_writing(run_ellbench, tmp_path):
+    out = tmp_path / "demo"
+    result = run_ellbench("demo", "--dataset", "fashion-mnist", "--data-root", str(tmp_path / "none"),
+                          "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+    assert not (out / "ellbench.sqlite").exists()
+
+
+def test_every_preset_trains_the_five_families():
+    from ellbench.demo import PRESETS
+    from ellbench.models.factory import family_of
+
+    for preset in PRESETS.values():
+        assert {family_of(name) for name in preset.models} == {"deit", "elliptical", "rvt", "rkde", "mom"}
