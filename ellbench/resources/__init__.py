@@ -4,7 +4,6 @@ In a source checkout they live at the repository's top level (attacks/, corrupti
 an installed ellbench carries them as the sub-packages of this package.
 """
 
-from importlib import resources
 from pathlib import Path
 
 from ellbench.errors import EllbenchError
@@ -16,10 +15,10 @@ def resource_dir(kind: str) -> Path:
     """Folder holding the shipped files of one kind: 'attacks', 'corruptions' or 'reference'."""
     if kind not in _TOP_LEVEL:
         raise EllbenchError(f"unknown resource kind {kind!r}")
-    checkout = Path(__file__).resolve().parents[2] / _TOP_LEVEL[kind]
-    if checkout.is_dir():
-        return checkout
-    return Path(str(resources.files(f"ellbench.resources.{kind}")))
+    installed = Path(__file__).resolve().parent / kind  # ellbench/resources/<kind>/ inside a wheel
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parents[2] / _TOP_LEVEL[kind]  # a source checkout (editable install)
 
 
 def resource_path(kind: str, name: str) -> Path:
