@@ -27,7 +27,7 @@ DEVICE_HELP = "cpu, cuda, cuda:N, or auto (cuda when available)."
 
 
 def _out_dir(out: Path | None) -> Path:
-    from ellbench.store import default_out_dir, ensure_writable_dir
+    from ellbench.io import default_out_dir, ensure_writable_dir
 
     return ensure_writable_dir(out if out is not None else default_out_dir())
 
@@ -47,15 +47,9 @@ def _check_suite(kind: str, name: str | None) -> None:
     """A shipped suite's name, or an existing TOML file: checked before any heavy import."""
     if name is None:
         return
-    if name.endswith(".toml") or "/" in name:
-        if not Path(name).is_file():
-            raise EllbenchError(f"{kind} suite file {name} not found")
-        return
-    from ellbench.resources import resource_dir
+    from ellbench.resources import suite_path
 
-    shipped = sorted(path.stem for path in resource_dir(kind).glob("*.toml"))
-    if name not in shipped:
-        raise EllbenchError(f"unknown {kind[:-1]} suite {name!r}; available: {', '.join(shipped)}")
+    suite_path(kind, name)
 
 
 def _check_file(path: str | None, what: str) -> None:
@@ -142,7 +136,7 @@ def train_command(
         raise EllbenchError(f"unknown data set {dataset!r}; `ellbench train` uses a built-in set: "
                             f"{', '.join(BUILTIN_DATASETS)}")
     _check_model(model)
-    from ellbench.evaluate import resolve_device
+    from ellbench.models.loading import resolve_device
     from ellbench.train import TrainConfig, train
 
     records = []
@@ -234,11 +228,35 @@ def _check_common(batch_size: int, seed: int, limit: int | None) -> None:
         _positive(limit, "--limit")
 
 
+def _load_model(model: str, checkpoint: str | None, dataset, *, seed: int, device: str, out_dir: Path):
+    """The model ready for evaluation (sized for `dataset` when it has no checkpoint) and the output folder's store."""
+    from ellbench.models.loading import load_for_eval
+    from ellbench.store import Store
+
+    return load_for_eval(model, checkpoint, dataset=dataset, seed=seed, device=device), Store.in_folder(out_dir)
+
+
+def _show(as_json: bool, payload, rows: list[dict], title: str) -> bool:
+    """The result on stdout, from rank 0 only: `payload` as JSON for scripts, else `rows` as a table.
+
+    Returns whether this process printed it (so that notes which follow a table are printed once).
+    """
+    from ellbench import distributed
+
+    if not distributed.is_writer():
+        return False
+    if as_json:
+        _print_json(payload)
+    else:
+        _print_rows(rows, title)
+    return True
+
+
 def _print_rows(rows: list[dict], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ellbench.report import format_cell
+    from ellbench.report.tables import format_cell
 
     if not rows:
         return
@@ -279,44 +297,38 @@ def attack_command(
     _check_suite("attacks", suite)
     _check_file(checkpoint, "checkpoint")
     _check_choice(protocol, ("standard", "paper"), "protocol")
-    from ellbench import attacks as attacks_lib
+    from ellbench.attacks.checks import format_eps
+    from ellbench.attacks.suite import load_suite, make_entries, parse_params
 
     if attack is not None:
         if suite is not None:
             raise EllbenchError("give either --suite or --attack, not both")
-        params = attacks_lib.parse_params(param or [])
-        entries = attacks_lib.make_entries(attack, params, protocol=protocol)
+        params = parse_params(param or [])
+        entries = make_entries(attack, params, protocol=protocol)
     else:
         if param:
             raise EllbenchError("--param needs --attack")
-        entries = attacks_lib.load_suite(suite or "quick")
+        entries = load_suite(suite or "quick")
     out_dir = _out_dir(out)
     dataset = _open_eval_data(data, data_root=data_root, limit=limit)
-    from ellbench.evaluate import load_for_eval, run_clean
-    from ellbench.store import Store
+    from ellbench.tasks.attack import run_attack_suite
+    from ellbench.tasks.eval import run_clean
 
-    loaded = load_for_eval(model, checkpoint, dataset=dataset, seed=seed, device=device)
-    store = Store.in_folder(out_dir)
+    loaded, store = _load_model(model, checkpoint, dataset, seed=seed, device=device, out_dir=out_dir)
     clean = run_clean(store, loaded, dataset, batch_size=batch_size, seed=seed, progress=not as_json)
-    result = attacks_lib.run_attack_suite(store, loaded, dataset, entries, batch_size=batch_size, seed=seed,
-                                          progress=not as_json)
-    from ellbench import distributed
-
-    if not distributed.is_writer():
-        return
+    result = run_attack_suite(store, loaded, dataset, entries, batch_size=batch_size, seed=seed, progress=not as_json)
     rows = [{"attack": "clean", "protocol": "", "eps": "", "accuracy": clean["summary"]["accuracy"],
              "n": clean["summary"]["n"]}]
     for entry, job in zip(entries, result["jobs"], strict=True):
-        rows.append({"attack": entry.label, "protocol": entry.protocol, "eps": attacks_lib.format_eps(entry.eps),
+        rows.append({"attack": entry.label, "protocol": entry.protocol, "eps": format_eps(entry.eps),
                      "accuracy": job["summary"]["accuracy"], "n": job["summary"]["n"]})
-    if as_json:
-        _print_json({"model": model, "checkpoint": loaded.checkpoint_id, "data": dataset.fingerprint,
-                     "results": rows, "checks": result["checks"]})
-        return
-    _print_rows(rows, f"{model} on {dataset.name} ({len(dataset)} examples)")
-    bad = [check for check in result["checks"] if check["status"] != "ok"]
-    for check in bad:
-        typer.echo(f"trust check {check['status']}: {check['check']}: {check['detail']}", err=True)
+    shown = _show(as_json, {"model": model, "checkpoint": loaded.checkpoint_id, "data": dataset.fingerprint,
+                            "results": rows, "checks": result["checks"]},
+                  rows, f"{model} on {dataset.name} ({len(dataset)} examples)")
+    if shown and not as_json:
+        for check in result["checks"]:
+            if check["status"] != "ok":
+                typer.echo(f"trust check {check['status']}: {check['check']}: {check['detail']}", err=True)
 
 
 @app.command("corrupt")
@@ -351,21 +363,19 @@ def corrupt_command(
     _check_suite("corruptions", suite)
     _check_file(checkpoint, "checkpoint")
     _check_choice(baseline, ("hendrycks", "robustbench"), "baseline")
-    from ellbench import corruptions as corruptions_lib
+    from ellbench.corruptions.suite import load_suite
 
-    chosen = corruptions_lib.load_suite(suite)
+    chosen = load_suite(suite)
     if imagenet_c is not None and not Path(imagenet_c).is_dir():
         raise EllbenchError(f"ImageNet-C folder {imagenet_c} not found")
     out_dir = _out_dir(out)
     clean = None
     if data is not None or imagenet_c is None:
         clean = _open_eval_data(data or "digits", data_root=data_root, limit=limit, skip_bad_images=skip_bad_images)
-    from ellbench.evaluate import load_for_eval
-    from ellbench.store import Store
+    from ellbench.tasks.corruption import run_corruption_suite
 
-    loaded = load_for_eval(model, checkpoint, dataset=clean, seed=seed, device=device)
-    store = Store.in_folder(out_dir)
-    summary = corruptions_lib.run_corruption_suite(
+    loaded, store = _load_model(model, checkpoint, clean, seed=seed, device=device, out_dir=out_dir)
+    summary = run_corruption_suite(
         store, loaded, chosen, clean=clean, imagenet_c=imagenet_c, batch_size=batch_size, seed=seed,
         cache_dir=cache_dir, workers=workers, skip_bad_images=skip_bad_images, limit=limit, baseline=baseline,
         progress=not as_json)
@@ -415,23 +425,14 @@ def shift_command(
     _check_file(checkpoint, "checkpoint")
     if not Path(data).is_dir():
         raise EllbenchError(f"data folder {data} not found")
-    from ellbench.data.shift import run_shift
-
     out_dir = _out_dir(out)
-    from ellbench.evaluate import load_for_eval
-    from ellbench.store import Store
+    from ellbench.tasks.shift import run_shift
 
-    loaded = load_for_eval(model, checkpoint, seed=seed, device=device)
-    job = run_shift(Store.in_folder(out_dir), loaded, dataset, data, batch_size=batch_size, seed=seed,
-                    skip_bad_images=skip_bad_images, limit=limit, progress=not as_json)
-    from ellbench import distributed
-
-    if not distributed.is_writer():
-        return
-    if as_json:
-        _print_json({"model": model, "dataset": dataset, "summary": job["summary"], "job": job["id"]})
-        return
-    _print_rows([{"model": model, "dataset": dataset, **job["summary"]}], "distribution shift")
+    loaded, store = _load_model(model, checkpoint, None, seed=seed, device=device, out_dir=out_dir)
+    job = run_shift(store, loaded, dataset, data, batch_size=batch_size, seed=seed, skip_bad_images=skip_bad_images,
+                    limit=limit, progress=not as_json)
+    _show(as_json, {"model": model, "dataset": dataset, "summary": job["summary"], "job": job["id"]},
+          [{"model": model, "dataset": dataset, **job["summary"]}], "distribution shift")
 
 
 @app.command("collapse")
@@ -453,23 +454,14 @@ def collapse_command(
     _check_file(checkpoint, "checkpoint")
     out_dir = _out_dir(out)
     dataset = _open_eval_data(data, data_root=data_root, limit=limit)
-    from ellbench.collapse import run_collapse
-    from ellbench.evaluate import load_for_eval
-    from ellbench.store import Store
+    from ellbench.tasks.collapse import run_collapse
 
-    loaded = load_for_eval(model, checkpoint, dataset=dataset, seed=seed, device=device)
-    job = run_collapse(Store.in_folder(out_dir), loaded, dataset, batch_size=batch_size, seed=seed,
-                       progress=not as_json)
-    from ellbench import distributed
-
-    if not distributed.is_writer():
-        return
+    loaded, store = _load_model(model, checkpoint, dataset, seed=seed, device=device, out_dir=out_dir)
+    job = run_collapse(store, loaded, dataset, batch_size=batch_size, seed=seed, progress=not as_json)
     layers, values = job["settings"]["layers"], job["summary"]["collapse"]
-    if as_json:
-        _print_json({"model": model, "job": job["id"], "layers": dict(zip(layers, values, strict=True))})
-        return
-    _print_rows([{"layer": name, "mean cosine similarity": value} for name, value in zip(layers, values, strict=True)],
-                f"representation collapse of {model} on {dataset.name}")
+    _show(as_json, {"model": model, "job": job["id"], "layers": dict(zip(layers, values, strict=True))},
+          [{"layer": name, "mean cosine similarity": value} for name, value in zip(layers, values, strict=True)],
+          f"representation collapse of {model} on {dataset.name}")
 
 
 @app.command("profile")
@@ -509,8 +501,8 @@ def profile_command(
     for name in models:
         _check_model(name)
     out_dir = _out_dir(out)
-    from ellbench.evaluate import run_profile
     from ellbench.store import Store
+    from ellbench.tasks.profile import run_profile
 
     store = Store.in_folder(out_dir)
     results = [run_profile(store, name, batch_size=batch_size, img_size=img_size, device=device, amp=amp,
@@ -557,14 +549,15 @@ def report_command(
         if len(parts) != 2 or not all(parts):
             raise EllbenchError(f"--compare takes two models separated by a comma, got {text!r}")
         pairs.append(tuple(parts))
-    from ellbench.store import STORE_FILENAME, default_out_dir
+    from ellbench.io import default_out_dir
+    from ellbench.store import STORE_FILENAME
 
     folder = out if out is not None else default_out_dir()
     if not (folder / STORE_FILENAME).is_file():
         raise EllbenchError(f"no results store in {folder} (expected {folder / STORE_FILENAME}); run an evaluation "
                             "first or pass --out")
     target = _out_dir(report_dir if report_dir is not None else folder)
-    from ellbench.report import build_report
+    from ellbench.report.build import build_report
     from ellbench.store import Store
 
     store = Store(folder / STORE_FILENAME)

@@ -37,7 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import ellbench
 from ellbench.errors import EllbenchError
-from ellbench.models.factory import build_model, family_of
+from ellbench.models.factory import family_of
+from ellbench.models.loading import load_model
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -199,7 +200,7 @@ def build_profiled_model(
     name: str, *, img_size: int | None = None, num_classes: int | None = None, checkpoint=None, seed: int = 0
 ) -> nn.Module:
     """The raw timm network of `name` in eval mode (normalisation wrapper left out, as timm's benchmark does)."""
-    return build_model(name, img_size=img_size, num_classes=num_classes, checkpoint=checkpoint, seed=seed).model.eval()
+    return load_model(name, checkpoint, img_size=img_size, num_classes=num_classes, seed=seed).model.eval()
 
 
 def model_image_size(model: nn.Module, img_size: int | None) -> int:

@@ -51,15 +51,6 @@ class PairedComparison:
     p_value: float
 
 
-@dataclass(frozen=True)
-class SeedSummary:
-    """Mean, sample standard deviation (NaN for one seed) and number of seeds."""
-
-    mean: float
-    std: float
-    n: int
-
-
 def paired_outcomes(correct_a, correct_b) -> tuple[np.ndarray, np.ndarray]:
     """Check and convert two equally long sequences of per-example 0/1 outcomes to boolean arrays."""
     a, b = np.asarray(correct_a), np.asarray(correct_b)
@@ -196,15 +187,6 @@ def _groups(rows: pd.DataFrame, by: list[str]) -> dict[tuple, pd.DataFrame]:
         tuple(None if pd.isna(value) else value for value in key): group
         for key, group in rows.groupby(by, sort=True, dropna=False)
     }
-
-
-def seed_summary(values) -> SeedSummary:
-    """Mean, sample standard deviation (ddof=1) and count of one metric over seeds."""
-    array = np.asarray(values, dtype=float)
-    if array.ndim != 1 or array.size == 0:
-        raise EllbenchError("a seed summary needs a non-empty 1-d list of values")
-    std = float(array.std(ddof=1)) if array.size > 1 else float("nan")
-    return SeedSummary(mean=float(array.mean()), std=std, n=int(array.size))
 
 
 def summarize_seeds(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import sqlite3
 from pathlib import Path
 
 from ellbench.errors import EllbenchError
+from ellbench.io import ensure_writable_dir
 
 STORE_FILENAME = "ellbench.sqlite"
 KEY_FIELDS = ("model", "checkpoint", "data", "task", "settings", "seed", "version")
@@ -72,23 +72,6 @@ def job_id_for(key: dict) -> str:
     if missing:
         raise ValueError(f"job key lacks {missing}")
     return hashlib.sha256(canonical_json({f: key[f] for f in KEY_FIELDS}).encode()).hexdigest()
-
-
-def default_out_dir() -> Path:
-    return Path(os.environ.get("ELLBENCH_OUT", "reports"))
-
-
-def ensure_writable_dir(path: str | Path) -> Path:
-    """Create the output folder if needed and check that files can be written there (one-line error otherwise)."""
-    folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".ellbench-write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise EllbenchError(f"output folder {folder} is not writable: {exc.strerror or exc}") from exc
-    return folder
 
 
 class Store:
@@ -162,6 +145,16 @@ class Store:
             "SELECT * FROM jobs" + (f" WHERE {clauses}" if clauses else "") + " ORDER BY created_utc, id",
             tuple(equals.values()),
         )
+        return [_row_dict(cursor, row) for row in cursor.fetchall()]
+
+    def done_jobs(self) -> list[dict]:
+        """Finished jobs in the order they finished.
+
+        Jobs finished within the same second keep the order they were created in (SQLite's rowid), so 'the newest
+        run of a cell' is well defined.
+        """
+        cursor = self.conn.execute(
+            "SELECT * FROM jobs WHERE status = 'done' ORDER BY COALESCE(finished_utc, ''), rowid")
         return [_row_dict(cursor, row) for row in cursor.fetchall()]
 
     def done_batches(self, job_id: str) -> set[int]:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ellbench import __version__
+from ellbench._version import __version__
 from ellbench.errors import EllbenchError
+from ellbench.io import ProgressBar, atomic_path, atomic_write_text, ensure_writable_dir
+from ellbench.models.loading import model_kwargs_for
 
 AUGMENTATIONS = ("none", "crop", "crop-flip")
 
@@ -51,17 +52,6 @@ class TrainConfig:
             raise EllbenchError("--weight-decay and --warmup-epochs must be >= 0 and --label-smoothing in [0, 1)")
         if self.augment not in AUGMENTATIONS:
             raise EllbenchError(f"unknown augmentation {self.augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
-
-
-def model_kwargs_for(model: str, image_size: int, num_classes: int) -> dict:
-    """Constructor settings that fit a small-image model to a data set (patch 2 below 16 px, else 4).
-
-    RVT's conv stem takes the same patch size as its stride, so every family sees the same token grid.
-    """
-    kwargs = {"img_size": image_size, "num_classes": num_classes}
-    if "patch" in model or model.startswith("rvt_"):
-        kwargs["patch_size"] = 2 if image_size <= 16 else 4
-    return kwargs
 
 
 def checkpoint_path(out_dir: Path, config: TrainConfig) -> Path:
@@ -101,7 +91,6 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
 
     from ellbench.data import open_dataset
     from ellbench.models.factory import build_model
-    from ellbench.store import ensure_writable_dir
 
     config.validate()
     train_set = open_dataset(config.dataset, "train", root=data_root, limit=config.limit)
@@ -140,9 +129,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
             history = json.loads(state["history"])
             start_epoch = int(state["epoch"])
 
-    bar = _EpochBar(progress, f"train {config.model}", config.epochs * steps_per_epoch,
-                    start_epoch * steps_per_epoch)
-    with bar:
+    with ProgressBar(f"train {config.model}", config.epochs * steps_per_epoch,
+                     completed=start_epoch * steps_per_epoch, unit="steps", enabled=progress) as bar:
         for epoch in range(start_epoch, config.epochs):
             model.train()
             order = torch.randperm(len(train_set), generator=generator)
@@ -162,13 +150,15 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
                 loss_sum += loss.item() * len(labels)
                 correct += int((logits.argmax(1) == labels).sum())
                 seen += len(labels)
-                bar.advance(f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f}")
+                bar.advance(info=f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f}")
             history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen})
-            _atomic_torch_save({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "history": json.dumps(history), "epoch": epoch + 1, "train": json.dumps(settings, sort_keys=True),
-            }, state_file)
+            with atomic_path(state_file) as tmp:
+                torch.save({
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(), "history": json.dumps(history), "epoch": epoch + 1,
+                    "train": json.dumps(settings, sort_keys=True),
+                }, tmp)
 
     record = {
         "model": config.model, "model_kwargs": model_kwargs, "dataset": train_set.fingerprint,
@@ -176,49 +166,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.model.state_dict().items()}
-    tmp = final.with_suffix(".safetensors.tmp")
-    save_file(tensors, str(tmp), metadata={"model": config.model})
-    os.replace(tmp, final)
-    _atomic_write_text(sidecar, json.dumps(record, indent=2))
+    with atomic_path(final) as tmp:
+        save_file(tensors, str(tmp), metadata={"model": config.model})
+    atomic_write_text(sidecar, json.dumps(record, indent=2))
     state_file.unlink(missing_ok=True)
     record["checkpoint"] = str(final)
     return record
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-class _EpochBar:
-    def __init__(self, enabled: bool, description: str, total: int, completed: int):
-        self.enabled = enabled
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                     console=Console(stderr=True))
-            self.task = self.progress.add_task(description, total=total, completed=completed, info="")
-
-    def __enter__(self):
-        if self.enabled:
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.progress.__exit__(*exc)
-        return False
-
-    def advance(self, info: str) -> None:
-        if self.enabled:
-            self.progress.update(self.task, advance=1, info=info)

@@ -29,11 +29,6 @@ def subprocess_env(tmp_path) -> dict:
 
 
 @pytest.fixture
-def ellbench_argv() -> list[str]:
-    return ellbench_command()
-
-
-@pytest.fixture
 def run_ellbench(subprocess_env, tmp_path):
     """Run `ellbench ARGS...` in a subprocess (cwd tmp_path); returns the CompletedProcess with text output."""
 

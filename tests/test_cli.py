@@ -144,6 +144,7 @@ def test_train_writes_a_checkpoint_and_sidecar_and_reuses_them(run_ellbench, tmp
 
     from ellbench.data import open_dataset
     from ellbench.models.factory import build_model
+    from ellbench.models.loading import load_model
     from ellbench.train import TrainConfig, train
 
     out = tmp_path / "out"
@@ -168,7 +169,7 @@ def test_train_writes_a_checkpoint_and_sidecar_and_reuses_them(run_ellbench, tmp
     fresh = build_model(MICRO, **saved["model_kwargs"]).model
     assert {k: tuple(v.shape) for k, v in tensors.items()} == {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
     assert saved["parameters"] == sum(tensors[name].numel() for name, _ in fresh.named_parameters())
-    loaded = build_model(MICRO, checkpoint=str(checkpoint), **saved["model_kwargs"]).eval()
+    loaded = load_model(MICRO, checkpoint)  # its settings come from the sidecar
     assert all(torch.equal(loaded.model.state_dict()[k], tensors[k]) for k in tensors)
     images, _ = open_dataset("digits", limit=4).get_batch(torch.arange(4))
     with torch.no_grad():

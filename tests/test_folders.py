@@ -12,15 +12,10 @@ import torchvision.transforms as T
 from PIL import Image
 
 from ellbench.data.folders import ImageFolderDataset
-from ellbench.data.shift import (
-    labels_to_subset,
-    open_shift_dataset,
-    restrict_logits,
-    shift_evaluator,
-    subset_indices_1k,
-    subset_wnids,
-)
+from ellbench.data.shift import open_shift_dataset, restrict_logits, subset_indices_1k, subset_wnids
 from ellbench.errors import EllbenchError
+from ellbench.runner import Batch
+from ellbench.tasks.shift import shift_evaluator
 
 TIMM_INFO = Path(timm.__file__).parent / "data" / "_info"
 ALL_WNIDS = (TIMM_INFO / "imagenet_synsets.txt").read_text().split()  # independent of ellbench's loader
@@ -144,13 +139,6 @@ def test_restricted_logits_equal_boolean_mask_and_indexing(name):
         restrict_logits(torch.zeros(2, 10), name)
 
 
-def test_labels_to_subset_maps_and_rejects():
-    first_a, last_a = subset_indices_1k("imagenet-a")[0], subset_indices_1k("imagenet-a")[-1]
-    assert labels_to_subset(torch.tensor([first_a, last_a]), "imagenet-a").tolist() == [0, 199]
-    with pytest.raises(EllbenchError, match="not among"):
-        labels_to_subset(torch.tensor([0]), "imagenet-a")  # tench is not in ImageNet-A
-
-
 def test_shift_folder_and_evaluator(tmp_path):
     wnids = subset_wnids("imagenet-r")
     for k, wnid in enumerate((wnids[5], wnids[17])):
@@ -168,7 +156,8 @@ def test_shift_folder_and_evaluator(tmp_path):
             return logits
 
     images = torch.stack([dataset[i][0] for i in range(2)])
-    rows = shift_evaluator(FavoursOneClass(), "imagenet-r")(torch.tensor([0, 1]), images, torch.tensor([5, 17]))
+    batch = Batch(0, torch.tensor([0, 1]), images, torch.tensor([5, 17]))
+    rows = shift_evaluator(FavoursOneClass(), "imagenet-r")(batch)
     assert [(r["idx"], r["pred"], r["correct"]) for r in rows] == [(0, 17, 0), (1, 17, 1)]
     with pytest.raises(EllbenchError, match="not in the expected class list"):
         write_photo(tmp_path / "n01440764" / "x.jpg", "coffee")
@@ -176,9 +165,9 @@ def test_shift_folder_and_evaluator(tmp_path):
 
 
 def test_run_shift_stores_restricted_accuracy_and_skipped_count(tmp_path):
-    from ellbench.data.shift import run_shift
-    from ellbench.evaluate import LoadedModel
+    from ellbench.models.loading import LoadedModel
     from ellbench.store import Store
+    from ellbench.tasks.shift import run_shift
 
     wnids, indices = subset_wnids("imagenet-a"), subset_indices_1k("imagenet-a")
     for k, (wnid, name) in enumerate(zip((wnids[0], wnids[3], wnids[3]), ("coffee", "rocket", "chelsea"), strict=True)):

@@ -11,28 +11,27 @@ import pandas as pd
 import pytest
 import torch
 
-from ellbench import attacks, collapse, corruptions
+from ellbench.attacks.suite import load_suite
+from ellbench.corruptions.suite import CorruptionSuite
 from ellbench.data import open_dataset
 from ellbench.errors import EllbenchError
-from ellbench.evaluate import load_for_eval, run_clean
-from ellbench.report import (
-    atomic_write,
-    build_report,
-    collapse_data,
-    compare_models,
-    long_results,
-    reference_comparison,
-    robust_vs_eps_data,
-    robustness_throughput_data,
-    severity_data,
-)
+from ellbench.models.loading import load_for_eval
+from ellbench.report.build import build_report
+from ellbench.report.compare import compare_models
+from ellbench.report.plots import collapse_data, robust_vs_eps_data, robustness_throughput_data, severity_data
+from ellbench.report.reference import reference_comparison
+from ellbench.report.results import long_results
 from ellbench.resources import resource_path
 from ellbench.runner import job_key, provenance
 from ellbench.store import Store
+from ellbench.tasks.attack import attack_task_settings, run_attack_suite
+from ellbench.tasks.collapse import run_collapse
+from ellbench.tasks.corruption import run_corruption_suite
+from ellbench.tasks.eval import run_clean
 
 RUNS = [("deit_micro_patch4_32", 0), ("deit_micro_patch4_32", 1), ("elliptical_micro_patch4_32", 0)]
 THROUGHPUT = {"deit_micro_patch4_32": 400.0, "elliptical_micro_patch4_32": 300.0}
-SMALL_SUITE = corruptions.CorruptionSuite("test", "two cheap corruptions", ("gaussian_noise", "contrast"), (1, 3))
+SMALL_SUITE = CorruptionSuite("test", "two cheap corruptions", ("gaussian_noise", "contrast"), (1, 3))
 
 
 def record_profile(store, name: str, checkpoint: str, throughput: float) -> None:
@@ -53,13 +52,13 @@ def real_store(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models on a shared machine: more threads only wait on each other
     data = open_dataset("digits", limit=8)
-    entries = [e for e in attacks.load_suite("quick") if e.protocol == "paper" and e.label != "FGSM eps=8/255"]
+    entries = [e for e in load_suite("quick") if e.protocol == "paper" and e.label != "FGSM eps=8/255"]
     for name, seed in RUNS:
         loaded = load_for_eval(name, None, dataset=data, seed=seed)
         run_clean(store, loaded, data, batch_size=8, seed=seed, progress=False)
-        attacks.run_attack_suite(store, loaded, data, entries, batch_size=8, seed=seed, progress=False)
-        collapse.run_collapse(store, loaded, data, batch_size=8, seed=seed, progress=False)
-        corruptions.run_corruption_suite(store, loaded, SMALL_SUITE, clean=data, batch_size=8, seed=seed,
+        run_attack_suite(store, loaded, data, entries, batch_size=8, seed=seed, progress=False)
+        run_collapse(store, loaded, data, batch_size=8, seed=seed, progress=False)
+        run_corruption_suite(store, loaded, SMALL_SUITE, clean=data, batch_size=8, seed=seed,
                                          progress=False)
         if seed == 0:
             record_profile(store, name, loaded.checkpoint_id, THROUGHPUT[name])
@@ -288,20 +287,6 @@ def test_bad_input_is_one_line_errors(tmp_path):
         build_report(store, tmp_path / "out", models=["nosuch"])
 
 
-def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    target = tmp_path / "results.md"
-    atomic_write(target, "old")
-
-    def failing_replace(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr("ellbench.report.os.replace", failing_replace)
-    with pytest.raises(OSError):
-        atomic_write(target, "new")
-    assert target.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["results.md"]
-
-
 def test_labels_name_the_data_set_when_there_are_several_and_newest_run_wins(tmp_path):
     store = Store.in_folder(tmp_path / "s")
     model = "deit_tiny_patch16_224"
@@ -380,9 +365,9 @@ def test_a_failed_budget_check_is_shown(tmp_path):
 def test_the_shipped_paper_suite_matches_the_reference_protocol(tmp_path):
     store = Store.in_folder(tmp_path / "s")
     model = "elliptical_tiny_patch16_224"
-    for entry in attacks.load_suite("paper"):
+    for entry in load_suite("paper"):
         if entry.eps == 1 / 255:
-            add_job(store, model=model, task="attack", settings=attacks.attack_task_settings(entry, 8),
+            add_job(store, model=model, task="attack", settings=attack_task_settings(entry, 8),
                     correct=[1, 0])
     table, _ = reference_comparison(long_results(store)[0])
     by_metric = table.set_index("metric")

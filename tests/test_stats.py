@@ -14,7 +14,6 @@ from ellbench.stats import (
     mcnemar_exact,
     mcnemar_p_value,
     paired_bootstrap_ci,
-    seed_summary,
     summarize_seeds,
 )
 
@@ -142,14 +141,6 @@ def test_bad_inputs_are_refused():
         compare_paired(
             pd.DataFrame({"idx": [0, 0], "correct": [1, 0]}), pd.DataFrame({"idx": [0], "correct": [1]}), seed=0
         )
-
-
-def test_seed_summary_hand_worked():
-    summary = seed_summary([0.70, 0.72, 0.74])
-    assert summary.mean == pytest.approx(0.72)
-    assert summary.std == pytest.approx(0.02)  # sqrt((0.02^2 + 0 + 0.02^2) / 2)
-    assert summary.n == 3
-    assert math.isnan(seed_summary([0.5]).std)
 
 
 def test_summarize_seeds_per_group():

@@ -1,17 +1,9 @@
-"""Build any registered model for [0, 1] images, load checkpoints safely, and list what is registered.
+"""Build any registered model for [0, 1] images, and list what is registered.
 
-Checkpoints are `.safetensors` files or `.pt/.pth/.bin` files read with `torch.load(weights_only=True)`, which refuses
-pickles that would import or call anything. Common wrappers (a `state_dict`/`model`/`module` entry, `module.` or
-`model.` key prefixes) are stripped. An optional JSON sidecar (`<checkpoint>.json` or the checkpoint path with a
-`.json` suffix, as training writes it) holds `{"model": name, "model_kwargs": {...}}`.
+Checkpoint files are read in ellbench.models.loading; here weights arrive as a state dict that must fit exactly.
 """
 
 import difflib
-import hashlib
-import json
-import pickle
-import re
-from pathlib import Path
 
 import timm
 import torch
@@ -22,9 +14,6 @@ from ellbench.errors import EllbenchError
 
 # timm's own models listed beside ellbench's: the DeiT baselines of the paper.
 TIMM_BASELINES = ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224")
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-_WRAPPER_KEYS = ("state_dict", "model", "module")
-_WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
 
 
 class NormalizedModel(nn.Module):
@@ -69,25 +58,22 @@ def build_model(
     *,
     num_classes: int | None = None,
     img_size: int | None = None,
-    checkpoint: str | Path | None = None,
+    state_dict: dict | None = None,
     seed: int = 0,
+    context: str = "the state dict",
     **kwargs,
 ) -> NormalizedModel:
-    """Build the timm model `name` wrapped for [0, 1] input, in eval mode, with weights from `checkpoint` if given.
+    """Build the timm model `name` wrapped for [0, 1] input, in eval mode, with `state_dict`'s weights if given.
 
-    Random initialisation is drawn from `seed` without touching the global RNG. With a checkpoint, a sidecar naming
-    the same model supplies default constructor kwargs, the classifier's width sets `num_classes` when not given, and
-    the weights must fit exactly (one-line error naming the first offending keys otherwise).
+    Random initialisation is drawn from `seed` without touching the global RNG. With a state dict, the classifier's
+    width sets `num_classes` when not given, and the weights must fit exactly (one-line error naming the first
+    offending keys otherwise; `context` names where the weights came from).
     """
     _check_registered(name)
     model_kwargs = dict(kwargs)
-    state_dict = None
-    if checkpoint is not None:
-        state_dict, meta = load_checkpoint(checkpoint)
-        if meta.get("model") == name:
-            model_kwargs = {**meta.get("model_kwargs", {}), **model_kwargs}
-        if num_classes is None and "num_classes" not in model_kwargs and "head.weight" in state_dict:
-            num_classes = state_dict["head.weight"].shape[0]
+    if state_dict is not None and num_classes is None and "num_classes" not in model_kwargs \
+            and "head.weight" in state_dict:
+        num_classes = state_dict["head.weight"].shape[0]
     if num_classes is not None:
         model_kwargs["num_classes"] = num_classes
     if img_size is not None:
@@ -100,7 +86,7 @@ def build_model(
         except TypeError as error:
             raise EllbenchError(f"cannot build {name} with {model_kwargs}: {_first_line(error)}") from error
     if state_dict is not None:
-        _load_strictly(model, state_dict, f"checkpoint {checkpoint} does not fit {name}")
+        _load_strictly(model, state_dict, f"{context} does not fit {name}")
     return NormalizedModel(model).eval()
 
 
@@ -121,88 +107,6 @@ def _load_strictly(model: nn.Module, state_dict: dict, context: str) -> None:
     if problems:
         raise EllbenchError(f"{context}: {'; '.join(problems)}")
     model.load_state_dict(state_dict, strict=True)
-
-
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a checkpoint's tensors without running code; returns (state_dict, meta from the sidecar or header)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EllbenchError(f"checkpoint {path} not found")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        state, meta = _read_safetensors(path)
-    elif suffix in CHECKPOINT_SUFFIXES:
-        state, meta = _read_torch_weights(path), {}
-    else:
-        raise EllbenchError(f"checkpoint {path} has an unknown type; use one of {', '.join(CHECKPOINT_SUFFIXES)}")
-    return _unwrap(state, path), {**meta, **_read_sidecar(path)}
-
-
-def _read_safetensors(path: Path) -> tuple[dict, dict]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
-    except (SafetensorError, OSError) as error:
-        raise EllbenchError(f"checkpoint {path} is not a readable safetensors file: {_first_line(error)}") from error
-
-
-def _read_torch_weights(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        offender = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        detail = f" (it names {offender.group(1)})" if offender else ""
-        raise EllbenchError(
-            f"refusing to load {path}: it holds more than tensors{detail}; only plain weights load, nothing was run"
-        ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise EllbenchError(f"checkpoint {path} is unreadable: {_first_line(error)}") from error
-
-
-def _unwrap(state, path: Path) -> dict[str, torch.Tensor]:
-    """The bare state dict inside common wrappers: {'model': ...}, {'state_dict': ...}, 'module.' prefixes."""
-    while isinstance(state, dict) and not _all_tensors(state):
-        inner = next((state[key] for key in _WRAPPER_KEYS if isinstance(state.get(key), dict)), None)
-        if inner is None:
-            break
-        state = inner
-    if not isinstance(state, dict) or not state or not _all_tensors(state):
-        raise EllbenchError(f"checkpoint {path} holds no state dict of tensors")
-    for prefix in _WRAPPER_PREFIXES:
-        if all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix) :]: value for key, value in state.items()}
-    return state
-
-
-def _all_tensors(state: dict) -> bool:
-    return all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items())
-
-
-def _read_sidecar(path: Path) -> dict:
-    for candidate in (Path(f"{path}.json"), path.with_suffix(".json")):
-        if candidate.is_file():
-            try:
-                meta = json.loads(candidate.read_text())
-            except (OSError, ValueError) as error:
-                raise EllbenchError(f"checkpoint sidecar {candidate} is unreadable: {_first_line(error)}") from error
-            if not isinstance(meta, dict) or not isinstance(meta.get("model_kwargs", {}), dict):
-                raise EllbenchError(f"checkpoint sidecar {candidate} must hold an object with a model_kwargs object")
-            return meta
-    return {}
-
-
-def checkpoint_sha256(path: str | Path) -> str:
-    """SHA-256 of a checkpoint file's bytes (hex), the identity a result is stored under."""
-    path = Path(path)
-    if not path.is_file():
-        raise EllbenchError(f"checkpoint {path} not found")
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_listed(name: str) -> bool:
