@@ -43,6 +43,8 @@ from torch import nn
 from ellbench.errors import EllbenchError
 
 ATTACK_NAME = "SPSA-cleverhans"
+# What this class reproduces, for job keys: results change if this does.
+REPRODUCES = "cleverhans 4.0.0 cleverhans/torch/attacks/spsa.py spsa(norm=inf, clip_min=-inf, clip_max=inf, y=labels)"
 
 
 def margin_logit_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
