@@ -430,3 +430,70 @@ def test_run_attack_suite_on_elliptical_micro_records_jobs_and_checks(tmp_path):
     again = attack_task.run_attack_suite(store, loaded, TinySet(), entries, batch_size=4, seed=0, progress=False)
     assert [j["id"] for j in again["jobs"]] == [j["id"] for j in first["jobs"]]
     assert all(len(store.attempts(j["id"])) == 1 for j in again["jobs"])  # reused, not re-run
+
+
+# --- SPSA as the paper's code ran it, beside the correct SPSA -------------------------------------------------------
+
+
+def test_paper_suite_holds_both_spsa_variants_as_separate_jobs():
+    entries = suite.load_suite("paper")
+    by_name = {}
+    for item in entries:
+        by_name.setdefault(item.name, []).append(item.eps)
+    assert by_name["SPSA"] == by_name["SPSA-cleverhans"] == [k / 255 for k in range(1, 7)]
+    spsa = [e for e in entries if e.attack in ("SPSA", "SPSA-cleverhans")]
+    keys = {attack_task.attack_task_settings(e, 8)["attack"] + str(e.eps): attack_task.attack_task_settings(e, 8)
+            for e in spsa}
+    assert len(keys) == 12  # one job per variant and budget
+    cleverhans = next(e for e in spsa if e.attack == "SPSA-cleverhans")
+    assert cleverhans.params == {"nb_iter": 40, "lr": 0.01, "delta": 0.01, "nb_sample": 128, "spsa_iters": 1}
+    assert "cleverhans" in cleverhans.settings()["implementation"] and "torchattacks" not in cleverhans.settings()
+
+
+def test_spsa_cleverhans_runs_on_the_normalised_input_under_the_paper_protocol_only():
+    from ellbench.attacks.spsa_cleverhans import SPSACleverhans
+
+    model = TinyNormalized()
+    indices, images, labels = batch(n=3)
+    item = entry("SPSA-cleverhans", "paper", 4 / 255, nb_iter=3, nb_sample=4)
+    with attack_protocol.seeded_rng("cpu", 11):
+        outcome = attack_protocol.make_attack(model, item)(images, labels)
+    z = (images - model.mean) / model.std
+    clean_pred = model(images).argmax(1)
+    torch.manual_seed(11)
+    expected = SPSACleverhans(model.model, eps=4 / 255, nb_iter=3, nb_sample=4)(z, clean_pred)
+    assert torch.equal(outcome.adversarial_input, expected) and torch.equal(outcome.clean_input, z)
+    assert torch.equal(outcome.target, clean_pred)  # the model's own predictions, as cleverhans' y=None
+    assert (outcome.adversarial_input - z).abs().max() <= 4 / 255 + 1e-7
+    with pytest.raises(EllbenchError, match="paper protocol"):
+        entry("SPSA-cleverhans", "standard", 4 / 255)
+    with pytest.raises(EllbenchError, match="no setting generator"):
+        entry("SPSA-cleverhans", "paper", 4 / 255, generator=3)
+    with pytest.raises(EllbenchError, match="spsa_iters must be at least 1"):
+        entry("SPSA-cleverhans", "paper", 4 / 255, spsa_iters=0)
+
+
+def test_the_attack_command_stores_both_spsa_variants(run_ellbench, tmp_path):
+    """The paper suite's two SPSA entries through the real CLI (fewer iterations: 40 x 256 forwards per image and
+    budget is minutes on a CPU), each variant its own job."""
+    from ellbench.resources import resource_path
+
+    text = resource_path("attacks", "paper.toml").read_text()
+    text = text.replace('eps = ["1/255", "2/255", "3/255", "4/255", "5/255", "6/255"]', 'eps = ["2/255"]')
+    text = text.replace("nb_iter = 40", "nb_iter = 2").replace("nb_sample = 128", "nb_sample = 4")
+    text = text.replace("max_batch_size = 64", "max_batch_size = 4").replace("steps = 20", "steps = 2")
+    reduced = tmp_path / "paper-reduced.toml"
+    reduced.write_text(text)
+    result = run_ellbench("attack", "deit_micro_patch4_32", "--data", "digits", "--suite", str(reduced), "--limit",
+                          "3", "--batch-size", "3", "--device", "cpu", "--out", str(tmp_path / "out"), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    from ellbench.store import Store
+
+    printed = {row["attack"] for row in json.loads(result.stdout)["results"]}
+    assert {"SPSA eps=2/255", "SPSA-cleverhans eps=2/255"} <= printed
+    store = Store.in_folder(tmp_path / "out")
+    jobs = {job["settings"]["attack"]: job for job in store.jobs(task="attack")}
+    assert {"SPSA", "SPSA-cleverhans"} <= set(jobs) and jobs["SPSA"]["id"] != jobs["SPSA-cleverhans"]["id"]
+    assert all(len(store.outcomes(job["id"])) == 3 for job in jobs.values())

@@ -384,6 +384,12 @@ def test_the_shipped_paper_suite_matches_the_reference_protocol(tmp_path):
     assert "another protocol left out" in by_metric.loc["FGSM 1/255 (paper)", "status"]
     # SPSA at 1/255 was logged only for a variant (+median_M), which never matches the plain model
     assert by_metric.loc["SPSA 1/255 (paper)", "status"].startswith("no match")
+    assert by_metric.loc["SPSA-cleverhans 1/255 (paper)", "status"].startswith("no match")
+    # the logged SPSA numbers are cleverhans' attack: filed under SPSA-cleverhans, never beside torchattacks' SPSA
+    assert set(reference.loc[reference["attack"].str.startswith("SPSA"), "attack"]) == {"SPSA-cleverhans"}
+    written = build_report(store, tmp_path / "out", formats=("md",))
+    assert any("SPSA-cleverhans is the paper's code" in note for note in written["notes"])
+    assert "_compute_spsa_gradient" in (tmp_path / "out" / "results.md").read_text()
 
 
 def test_models_with_several_seeds_are_compared_seed_by_seed(tmp_path):

@@ -15,8 +15,8 @@ import torch
 import torchattacks
 from torch import nn
 
+from ellbench.attacks.spsa_cleverhans import ATTACK_NAME, SPSACleverhans, margin_logit_loss
 from ellbench.errors import EllbenchError
-from ellbench.spsa_cleverhans import ATTACK_NAME, SPSACleverhans, margin_logit_loss
 
 torch.set_num_threads(1)
 

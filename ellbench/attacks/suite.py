@@ -5,6 +5,7 @@ or from suite files (attacks/*.toml), validated against the attack class's own s
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.metadata
 import inspect
 import math
@@ -36,9 +37,14 @@ PAPER_INPUT_UNITS = {
     "Square": ("eps",),
     "SPSA": ("eps", "delta", "lr"),
 }
+# ellbench's own attacks, by the name suites use; they run on the normalised input z itself (paper protocol only).
+ELLBENCH_ATTACKS = {"SPSA-cleverhans": "ellbench.attacks.spsa_cleverhans"}
+PAPER_NATIVE = set(ELLBENCH_ATTACKS)
 # Settings that count iterations or samples: a zero would silently return the clean image.
 COUNT_SETTINGS = {"steps", "nb_iter", "nb_sample", "max_batch_size", "n_restarts", "n_queries", "eot_iter",
-                  "max_iterations", "num_iter_set", "binary_search_steps"}
+                  "max_iterations", "num_iter_set", "binary_search_steps", "spsa_iters"}
+# Constructor arguments that are objects, not settings a suite or --param can give.
+NOT_SETTINGS = {"generator"}
 POSITIVE_SETTINGS = {"alpha", "delta", "lr"}
 WHOLE_NUMBER_SETTINGS = COUNT_SETTINGS | {"seed", "n_classes", "pixels", "popsize", "inf_batch", "restarts", "N", "m",
                                           "len_kernel"}
@@ -80,9 +86,13 @@ class AttackEntry:
 
     def settings(self) -> dict:
         """JSON-able description for the job key: everything that changes the outcome."""
+        if self.attack in ELLBENCH_ATTACKS:
+            implementation = {"implementation": importlib.import_module(ELLBENCH_ATTACKS[self.attack]).REPRODUCES,
+                              "torch": importlib.metadata.version("torch")}
+        else:
+            implementation = {"torchattacks": importlib.metadata.version("torchattacks")}
         return {"suite": self.suite, "name": self.name, "attack": self.attack, "protocol": self.protocol,
-                "eps": self.eps, "params": dict(sorted(self.params.items())),
-                "torchattacks": importlib.metadata.version("torchattacks")}
+                "eps": self.eps, "params": dict(sorted(self.params.items())), **implementation}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,11 +163,14 @@ def parse_params(items: list[str]) -> dict:
 
 
 def attack_class(name: str) -> type:
-    """The torchattacks class called `name` (case-sensitive, as torchattacks spells it)."""
+    """The attack class called `name`: one of ellbench's own (SPSA-cleverhans), or torchattacks' (case-sensitive)."""
     import torchattacks
 
+    if name in ELLBENCH_ATTACKS:
+        module = importlib.import_module(ELLBENCH_ATTACKS[name])
+        return getattr(module, module.CLASS_NAME)
     if name not in torchattacks.__all__ or name in NOT_FROM_SETTINGS:
-        known = [n for n in torchattacks.__all__ if n not in NOT_FROM_SETTINGS]
+        known = [*ELLBENCH_ATTACKS, *(n for n in torchattacks.__all__ if n not in NOT_FROM_SETTINGS)]
         close = [n for n in known if n.lower() == str(name).lower()]
         hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(known)}"
         raise EllbenchError(f"unknown attack {name!r}; {hint}")
@@ -166,7 +179,7 @@ def attack_class(name: str) -> type:
 
 def _class_defaults(cls: type) -> dict:
     parameters = list(inspect.signature(cls.__init__).parameters.values())[2:]  # skip self, model
-    return {p.name: p.default for p in parameters}
+    return {p.name: p.default for p in parameters if p.name not in NOT_SETTINGS}
 
 
 def _check_setting(attack: str, key: str, value, default) -> object:
@@ -201,7 +214,7 @@ def _check_setting(attack: str, key: str, value, default) -> object:
 
 def make_entries(attack: str, params: dict, *, protocol: str = "standard", name: str | None = None,
                  eps=None, suite: str | None = None) -> list[AttackEntry]:
-    """Validated entries, one per budget, for a torchattacks class and its keyword settings.
+    """Validated entries, one per budget, for an attack class (see attack_class) and its keyword settings.
 
     `eps` (or `params['eps']`) may be one budget or a list; classes without an eps setting (CW, DeepFool, ...) take
     none and give one entry with `eps=None` (standard protocol only).
@@ -215,9 +228,12 @@ def make_entries(attack: str, params: dict, *, protocol: str = "standard", name:
         if eps is not None:
             raise EllbenchError(f"{attack}: eps given twice")
         eps = params.pop("eps")
-    if protocol == "paper" and attack not in PAPER_INPUT_UNITS:
+    if protocol == "paper" and attack not in PAPER_INPUT_UNITS and attack not in PAPER_NATIVE:
         raise EllbenchError(f"{attack} cannot run under the paper protocol (normalised space); "
-                            f"use the standard protocol, or one of {', '.join(PAPER_INPUT_UNITS)}")
+                            f"use the standard protocol, or one of {', '.join([*PAPER_INPUT_UNITS, *PAPER_NATIVE])}")
+    if protocol != "paper" and attack in PAPER_NATIVE:
+        raise EllbenchError(f"{attack} reproduces the paper's attack in normalised space: use it with the paper "
+                            "protocol")
     if protocol == "paper" and params.get("norm", "Linf") != "Linf":
         raise EllbenchError(f"the paper protocol is L-inf only; {attack} was given norm={params['norm']!r}")
     unknown = sorted(set(params) - set(defaults))

@@ -16,8 +16,11 @@ from ellbench.errors import EllbenchError
 from ellbench.resources import resource_path
 
 BASELINES = ("hendrycks", "robustbench")
+RELATIVE_MCE_NOTE = ("AlexNet's clean error 0.4348 is unverified against a primary source "
+                     "(reports/reference/README.md): relative mCE depends on it")
 BASELINE_SOURCES = {
-    "hendrycks": "Hendrycks & Dietterich ImageNet-C AlexNet errors (50k val); clean error 0.4348 (their App. C)",
+    "hendrycks": "Hendrycks & Dietterich ImageNet-C AlexNet errors (hendrycks/robustness README table, 50k val); "
+                 "clean error 0.4348 unverified (google-research/robustness_metrics, citing the paper's App. C)",
     "robustbench": "RobustBench's AlexNet re-run on its fixed 5k ImageNet subset (torchvision weights)",
 }
 
@@ -97,7 +100,7 @@ def summarize_corruptions(errors: Mapping[tuple[str, int], float], *, clean_erro
 
     `errors` maps (corruption, severity) to top-1 error. mCE averages the common corruptions present;
     `mce_complete` is True only when all 15 were measured at all 5 severities (the number papers report).
-    The extra corruptions, when present, get their own `extra_mce` (their AlexNet errors are secondary).
+    The extra corruptions, when present, get their own `extra_mce`.
     Corruptions the baseline cannot score at the measured severities are listed in `ce_unavailable` with the
     reason. CE and mCE are fractions (AlexNet = 1); papers print them x 100.
     """
@@ -126,11 +129,13 @@ def summarize_corruptions(errors: Mapping[tuple[str, int], float], *, clean_erro
     }
     if extra:
         summary.update(extra_mce=_mean(ce[c] for c in extra), extra_corruptions=extra,
-                       extra_mce_note="AlexNet errors of the 4 extra corruptions come from third-party code "
-                                      "(secondary source)")
+                       extra_mce_note="AlexNet errors of the 4 extra corruptions: the AlexNet table of "
+                                      "hendrycks/robustness's README (a version since removed; see "
+                                      "reports/reference/README.md)")
     if clean_error is not None:
         relative = relative_corruption_errors(scorable, clean_error, reference)
-        summary.update(clean_error=clean_error, relative_ce=relative, relative_mce=_mean(relative[c] for c in common))
+        summary.update(clean_error=clean_error, relative_ce=relative, relative_mce=_mean(relative[c] for c in common),
+                       relative_mce_note=RELATIVE_MCE_NOTE)
         if extra:
             summary["extra_relative_mce"] = _mean(relative[c] for c in extra)
     return summary

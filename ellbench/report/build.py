@@ -13,7 +13,7 @@ from ellbench.errors import EllbenchError
 from ellbench.io import atomic_write_bytes, atomic_write_text
 from ellbench.report.compare import compare_models, comparison_markdown, comparison_over_seeds
 from ellbench.report.plots import PLOTS
-from ellbench.report.reference import reference_comparison
+from ellbench.report.reference import SPSA_NOTE, reference_comparison
 from ellbench.report.results import attack_checks_table, done_jobs, long_results
 from ellbench.report.tables import (
     detail_table,
@@ -57,6 +57,8 @@ def build_report(store, out_dir, *, formats=("md", "csv", "png"), models=None, r
     if not jobs:
         raise EllbenchError(f"the store {store.path} holds no finished results to report")
     long, notes = long_results(store, jobs=jobs)
+    if long["attack"].isin(["SPSA", "SPSA-cleverhans"]).any():
+        notes = [f"{SPSA_NOTE}.", *notes]
     checks = attack_checks_table(store, jobs)
     references, reference_notes = reference_comparison(long) if reference else (pd.DataFrame(), [])
     comparisons = [compare_models(store, a, b, seed=seed, resamples=resamples) for a, b in (compare or [])]

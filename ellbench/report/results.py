@@ -306,7 +306,7 @@ def _mce_rows(summary_job: dict, members: list[dict], jobs: list[dict], accuracy
     rows = [_group_row(members, "mce", "mCE" + suffix, result["mce"], n, note=note)]
     if result.get("relative_mce") is not None:
         rows.append(_group_row(members, "relative_mce", "relative mCE" + suffix, result["relative_mce"], n,
-                               note=note))
+                               note=f"{note}; {result['relative_mce_note']}"))
     rows += [_group_row(members, "ce", f"CE {c}", value, None, corruption=c) for c, value in result["ce"].items()]
     return rows
 

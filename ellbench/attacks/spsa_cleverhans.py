@@ -43,6 +43,7 @@ from torch import nn
 from ellbench.errors import EllbenchError
 
 ATTACK_NAME = "SPSA-cleverhans"
+CLASS_NAME = "SPSACleverhans"  # what ellbench.attacks.suite.attack_class returns for ATTACK_NAME
 # What this class reproduces, for job keys: results change if this does.
 REPRODUCES = "cleverhans 4.0.0 cleverhans/torch/attacks/spsa.py spsa(norm=inf, clip_min=-inf, clip_max=inf, y=labels)"
 
