@@ -231,6 +231,30 @@ def test_compare_models_against_hand_worked_mcnemar(tmp_path):
     # exact two-sided McNemar: 2 * P[X <= 1], X ~ Binomial(8, 1/2) = 2 * 9 / 256
     assert row["p_value"] == pytest.approx(2 * (1 + 8) / 2**8)
     assert row["ci_low"] <= 0.6 <= row["ci_high"] and row["ci_low"] > 0
+    assert row["q_value"] == pytest.approx(row["p_value"])  # a family of one test: q = p
+
+
+def test_compare_gives_bh_q_values_across_the_cells_and_marks_cells_by_q(tmp_path):
+    store = Store.in_folder(tmp_path)
+    # Four cells: discordant counts (7, 1), (5, 0), (2, 1) and (20, 0) give exact McNemar p = 9/128, 1/16, 1 and
+    # 2/2^20. BH over m = 4: sorted 2^-19, 1/16, 9/128, 1 times 4/rank -> 2^-17, 1/8, 3/32, 1; the running minimum
+    # from the top -> 2^-17, 3/32, 3/32, 1.
+    cells = {"clean": ([1] * 7 + [0] + [1] * 2, [0] * 7 + [1] + [1] * 2),
+             "other": ([1] * 5 + [0] * 3, [0] * 5 + [0] * 3),
+             "third": ([1, 1, 0, 1], [0, 0, 1, 1]),
+             "strong": ([1] * 20, [0] * 20)}
+    for data, (a, b) in cells.items():
+        add_job(store, model="model_a", task="clean", settings={}, correct=a, data=f"{data}:{len(a)}:x")
+        add_job(store, model="model_b", task="clean", settings={}, correct=b, data=f"{data}:{len(b)}:x")
+    table = compare_models(store, "model_a", "model_b", resamples=100).set_index("data_name")
+    assert table["p_value"].to_dict() == pytest.approx({"clean": 9 / 128, "other": 1 / 16, "third": 1.0,
+                                                        "strong": 2 / 2**20})
+    assert table["q_value"].to_dict() == pytest.approx({"clean": 3 / 32, "other": 3 / 32, "third": 1.0,
+                                                        "strong": 2**-17})
+    build_report(store, tmp_path / "out", formats=("md",), compare=[("model_a", "model_b")], resamples=100)
+    text = (tmp_path / "out" / "comparison.md").read_text()
+    assert "1 of 4 cells have q < 0.05 (1 have p < 0.05 before the correction)" in text
+    assert f"| **{2**-17:.3g}** |" in text and "| 0.0938 |" in text  # marked by q, not by p
 
 
 def test_compare_needs_one_checkpoint_per_model(report, real_store):

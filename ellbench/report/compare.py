@@ -7,6 +7,8 @@ from ellbench.errors import EllbenchError
 from ellbench.report.results import OUTCOME_ROWS, OUTCOME_TASKS, TASK_ORDER, data_name, done_jobs
 from ellbench.report.tables import frame_of, markdown_table, short_checkpoint
 
+Q_THRESHOLD = 0.05  # false discovery rate at which a comparison's cell is marked as a difference
+
 
 def _select_checkpoint(jobs: list[dict], spec: str) -> str:
     """The checkpoint 'MODEL' (which must have one) or 'MODEL@CHECKPOINT-PREFIX' names."""
@@ -76,12 +78,14 @@ def compare_models(store, model_a: str, model_b: str, *, seed: int = 0, resample
 
     Columns: model and checkpoint of each side, run_seed (the seed pairing the checkpoints when both models have
     several, else empty), task, data, label, n shared examples, accuracy_a, accuracy_b, diff (A - B), a paired
-    bootstrap 95% interval (ci_low, ci_high; `seed` and `resamples` drive it), the exact McNemar p-value and the
-    discordant counts only_a (A right, B wrong) and only_b. A side can name its checkpoint as MODEL@CHECKPOINT.
+    bootstrap 95% interval (ci_low, ci_high; `seed` and `resamples` drive it), the exact McNemar p-value, its
+    Benjamini-Hochberg q-value across every cell of this comparison (every seed pair included: one family of tests)
+    and the discordant counts only_a (A right, B wrong) and only_b. A side can name its checkpoint as
+    MODEL@CHECKPOINT.
     """
     import pandas as pd
 
-    from ellbench.stats import compare_paired_by
+    from ellbench.stats import bh_q_values, compare_paired_by
 
     jobs = [job for job in done_jobs(store) if job["task"] in OUTCOME_TASKS]  # a profile's checkpoint pairs nothing
     tables = []
@@ -100,7 +104,9 @@ def compare_models(store, model_a: str, model_b: str, *, seed: int = 0, resample
             table.insert(position, column, value)
         table.insert(7, "data_name", table["data"].map(data_name))
         tables.append(table)
-    return pd.concat(tables, ignore_index=True)
+    table = pd.concat(tables, ignore_index=True)
+    table.insert(table.columns.get_loc("p_value") + 1, "q_value", bh_q_values(table["p_value"].astype(float)))
+    return table
 
 
 def comparison_over_seeds(table):
@@ -123,7 +129,14 @@ def comparison_markdown(table, over_seeds) -> str:
     differences summarised over seeds where models were compared seed by seed."""
     parts = ["# Paired comparison\n", "On the examples both models saw: accuracy difference A - B with a paired "
              "bootstrap confidence interval, and the exact McNemar p-value from the discordant counts (only A: A "
-             "right and B wrong; only B: the reverse).\n"]
+             "right and B wrong; only B: the reverse). Many cells are tested at once, so a cell counts as a "
+             f"difference only by its Benjamini-Hochberg q-value (false discovery rate across all cells of the "
+             f"comparison, every seed pair included): **marked** where q < {Q_THRESHOLD:g}. Raw p-values below "
+             "0.05 are expected by chance in about 1 cell in 20.\n"]
+    for (model_a, model_b), comparison in table.groupby(["model_a", "model_b"], sort=False):
+        discoveries, raw = int((comparison["q_value"] < Q_THRESHOLD).sum()), int((comparison["p_value"] < 0.05).sum())
+        parts.append(f"{model_a} vs {model_b}: {discoveries} of {len(comparison)} cells have q < {Q_THRESHOLD:g} "
+                     f"({raw} have p < 0.05 before the correction).\n")
     for (model_a, checkpoint_a, model_b, checkpoint_b), pair in table.groupby(
             ["model_a", "checkpoint_a", "model_b", "checkpoint_b"], sort=False):
         confidence = f"{100 * float(pair['confidence'].iloc[0]):g}% CI"
@@ -133,7 +146,8 @@ def comparison_markdown(table, over_seeds) -> str:
             "A - B": pair["diff"].astype(float),
             confidence: [f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in zip(pair["ci_low"], pair["ci_high"], strict=True)],
             "only A": pair["only_a"], "only B": pair["only_b"],
-            "McNemar p": [f"{p:.3g}" for p in pair["p_value"]]})
+            "McNemar p": [f"{p:.3g}" for p in pair["p_value"]],
+            "q (BH)": [f"**{q:.3g}**" if q < Q_THRESHOLD else f"{q:.3g}" for q in pair["q_value"]]})
         parts.append(f"## A = {model_a} ({short_checkpoint(checkpoint_a)}), B = {model_b} "
                      f"({short_checkpoint(checkpoint_b)})\n\n{markdown_table(shown)}")
     if len(over_seeds):
