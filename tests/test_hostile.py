@@ -101,7 +101,7 @@ def test_a_malicious_pickle_never_runs_through_any_command(run_ellbench, tmp_pat
 
 @pytest.mark.parametrize("make, message", [
     (lambda path: path.write_bytes(b""), "is empty (0 bytes)"),
-    (lambda path: path.write_bytes(pickle.dumps(("a", "tuple"))), "holds no state dict of tensors (found tuple)"),
+    (lambda path: torch.save(("a", "tuple"), path), "holds no state dict of tensors (found tuple)"),
     (lambda path: torch.save({"head.weight": "a string"}, path), "holds no state dict of tensors"),
     (lambda path: torch.save({"head.weight": torch.zeros(2)}, path.with_suffix(".tmp")) or path.write_bytes(
         path.with_suffix(".tmp").read_bytes()[:200]), "is unreadable"),
