@@ -560,7 +560,7 @@ def report_command(
     from ellbench.report.build import build_report
     from ellbench.store import Store
 
-    store = Store(folder / STORE_FILENAME)
+    store = Store(folder / STORE_FILENAME, read_only=True)
     written = build_report(store, target, formats=formats, reference=reference, compare=pairs or None, seed=seed,
                            resamples=resamples,
                            models=[m.strip() for m in models.split(",") if m.strip()] if models else None)
@@ -598,12 +598,30 @@ def _check_model(name: str) -> None:
         raise EllbenchError(f"unknown model {name!r}; `ellbench models` lists the registered ones")
 
 
-INTERRUPTED = "error: interrupted; every finished batch is stored, run the same command again to resume\n"
+INTERRUPTED = "error: interrupted{how}; every finished batch is stored, run the same command again to resume\n"
 
 
 def main() -> None:
-    """Console entry point: one-line errors (exit 2) for bad input, never a traceback."""
+    """Console entry point: one-line errors (exit 2) for bad input, never a traceback.
+
+    Ctrl-C (SIGINT) and SIGTERM both stop the run the same way: the running attempt is closed as 'interrupted', one
+    line says so, and the exit code is 130 or 143 (128 + the signal's number).
+    """
+    import signal
+
     from typer._click import exceptions as click_exceptions  # typer vendors click
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def interrupted() -> None:
+        sys.stderr.write(INTERRUPTED.format(how=" by SIGTERM" if received else ""))
+        sys.exit(128 + (received[0] if received else signal.SIGINT))
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -619,10 +637,11 @@ def main() -> None:
         sys.stderr.write(f"error: {' '.join(exc.format_message().split())}{hint}\n")
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
-        sys.stderr.write(INTERRUPTED)
-        sys.exit(130)
+        interrupted()
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     if code == 130:  # typer turns a Ctrl-C inside a command into exit code 130 without a word
-        sys.stderr.write(INTERRUPTED)
+        interrupted()
     sys.exit(code if isinstance(code, int) else 0)
 
 

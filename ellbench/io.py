@@ -67,8 +67,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 class ProgressBar:
     """A rich progress bar on stderr with count, elapsed time, ETA and a free-text field; a no-op when disabled.
 
-    Used as a context manager; `advance(n, info=...)` moves it on. When the block ends with an error the bar is
-    removed from the terminal, so the one-line error message is the only thing left on screen.
+    Used as a context manager; `advance(n, info=...)` moves it on. Bars are transient: they vanish when their work
+    ends (the command's result table says what was done), so after an error the one-line message is the only thing
+    left on screen.
     """
 
     def __init__(self, description: str, total: int, *, completed: int = 0, unit: str = "", enabled: bool = True):
@@ -87,7 +88,8 @@ class ProgressBar:
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn(unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                 TextColumn("{task.fields[info]}"), console=Console(stderr=True))
+                                 TextColumn("{task.fields[info]}"), console=Console(stderr=True),
+                                 transient=True)
         self.task = self.progress.add_task(description, total=total, completed=completed, info="")
 
     def __enter__(self) -> ProgressBar:

@@ -120,3 +120,52 @@ def test_truncated_safetensors_are_one_line(run_ellbench, tmp_path, good_checkpo
     broken.write_bytes(data[:cut] if cut else b"")
     result = run_ellbench(*COMMANDS["collapse"](broken, tmp_path / "out"))
     assert_one_line_error(result, str(broken))
+
+
+def test_sigterm_is_one_line_closes_the_attempt_and_the_rerun_completes_identically(subprocess_env, tmp_path):
+    import signal
+    import sqlite3
+    import subprocess
+    import time
+
+    from conftest import ellbench_command
+
+    out = tmp_path / "out"
+    args = [*ellbench_command(), "attack", MICRO, "--data", "digits", "--limit", "48", "--batch-size", "4",
+            "--attack", "PGD", "--param", "eps=2/255", "--param", "steps=30", "--device", "cpu", "--out", str(out)]
+    victim = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env,
+                              cwd=tmp_path)
+
+    def committed_attack_batches() -> int:
+        try:
+            with sqlite3.connect(f"file:{out / 'ellbench.sqlite'}?mode=ro", uri=True) as db:
+                return db.execute("SELECT COUNT(*) FROM batches JOIN jobs ON jobs.id = batches.job_id "
+                                  "WHERE jobs.task = 'attack'").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    deadline = time.monotonic() + 240
+    while committed_attack_batches() < 1 and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert victim.poll() is None, victim.communicate()[1][-2000:]
+    victim.send_signal(signal.SIGTERM)
+    stdout, stderr = victim.communicate(timeout=120)
+    assert victim.returncode == 143
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted by SIGTERM"), stderr[-2000:]
+    with sqlite3.connect(f"file:{out / 'ellbench.sqlite'}?mode=ro", uri=True) as db:
+        statuses = [s for (s,) in db.execute("SELECT attempts.status FROM attempts JOIN jobs ON jobs.id = "
+                                             "attempts.job_id WHERE jobs.task = 'attack'")]
+    assert statuses == ["interrupted"]
+    again = subprocess.run(args, capture_output=True, text=True, env=subprocess_env, cwd=tmp_path, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    fresh = subprocess.run([*args[:-1], str(tmp_path / "fresh")], capture_output=True, text=True, env=subprocess_env,
+                           cwd=tmp_path, timeout=600)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+
+    def rows(folder):
+        with sqlite3.connect(f"file:{folder / 'ellbench.sqlite'}?mode=ro", uri=True) as db:
+            return db.execute("SELECT idx, label, pred, correct, extra FROM outcomes JOIN jobs ON jobs.id = "
+                              "outcomes.job_id WHERE jobs.task = 'attack' ORDER BY idx").fetchall()
+
+    assert rows(out) == rows(tmp_path / "fresh") and len(rows(out)) == 48

@@ -406,3 +406,79 @@ def test_two_torchrun_processes_resume_a_job_to_the_single_process_outcomes(tmp_
     assert [a["status"] for a in store.attempts(job["id"])] == ["interrupted", "done"]  # one attempt: rank 0's
     assert store.outcomes(job["id"]).equals(reference_outcomes(worker, tmp_path, "clean", limit, batch_size))
     store.close()
+
+
+def test_a_second_process_on_the_same_job_leaves_a_live_attempt_running(tmp_path):
+    """Two live processes on one job (same host): neither marks the other's attempt abandoned; each closes its own."""
+    import socket
+
+    key = job_key(model="m", checkpoint="c", data="d", task="t", settings={}, seed=0)
+    alive = {"pid": os.getpid(), "host": socket.gethostname()}
+    first, second = Store(tmp_path / "store.sqlite"), Store(tmp_path / "store.sqlite")
+    job = first.open_job(key, total=1, batch_size=1, provenance=dict(alive, run=1))
+    second.open_job(key, total=1, batch_size=1, provenance=dict(alive, run=2))
+    assert [a["status"] for a in first.attempts(job["id"])] == ["running", "running"]
+    first.commit_batch(job["id"], 0, [{"idx": 0, "label": 0, "pred": 0, "correct": 1}])
+    first.finish_job(job["id"], {"n": 1})
+    assert [a["status"] for a in first.attempts(job["id"])] == ["done", "running"]
+    second.finish_job(job["id"], {"n": 1})
+    assert [(a["status"], a["provenance"]["run"]) for a in first.attempts(job["id"])] == [("done", 1), ("done", 2)]
+
+
+def test_an_attempt_of_a_dead_process_on_this_host_is_abandoned(tmp_path):
+    import socket
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead = {"pid": int(finished.stdout), "host": socket.gethostname()}
+    key = job_key(model="m", checkpoint="c", data="d", task="t", settings={}, seed=0)
+    job = Store(tmp_path / "store.sqlite").open_job(key, total=1, batch_size=1, provenance=dead)
+    resumed = Store(tmp_path / "store.sqlite")
+    resumed.open_job(key, total=1, batch_size=1, provenance={"pid": os.getpid(), "host": socket.gethostname()})
+    assert [a["status"] for a in resumed.attempts(job["id"])] == ["abandoned", "running"]
+
+
+def test_a_damaged_store_is_noticed_before_any_write_even_when_its_jobs_look_finished(tmp_path, worker):
+    dataset = open_dataset("digits", limit=200)
+    path = tmp_path / "store.sqlite"
+    store = Store(path)
+    key = worker.key_for("clean", dataset)
+    worker.run_job(store, key, dataset, worker.make_evaluator(), batch_size=50, progress=False)
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    data = bytearray(path.read_bytes())
+    assert len(data) > 8 * 4096
+    data[3 * 4096:6 * 4096] = b"\xab" * (3 * 4096)  # garbage over pages in the middle of the file
+    path.write_bytes(bytes(data))
+    reopened = Store(path)
+    with pytest.raises(EllbenchError, match=r"is damaged .*move it aside") as caught:
+        worker.run_job(reopened, key, dataset, worker.make_evaluator(), batch_size=50, progress=False)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("attempt to write a readonly database", "is read-only"),
+    ("database is locked", "stayed locked by another process"),
+    ("database or disk is full", "no space left for results store"),
+    ("database disk image is malformed", "is damaged"),
+    ("file is not a database", "is damaged"),
+])
+def test_sqlite_errors_become_one_line_naming_the_file_and_the_remedy(tmp_path, message, expected):
+    from ellbench.store import store_error
+
+    error = store_error(tmp_path / "ellbench.sqlite", sqlite3.OperationalError(message))
+    assert isinstance(error, EllbenchError) and expected in str(error) and "\n" not in str(error)
+    assert str(tmp_path / "ellbench.sqlite") in str(error)
+
+
+def test_a_read_only_store_serves_reads_and_refuses_writes_in_one_line(tmp_path, worker):
+    dataset = open_dataset("digits", limit=8)
+    writer = Store(tmp_path / "store.sqlite")
+    job = worker.run_job(writer, worker.key_for("clean", dataset), dataset, worker.make_evaluator(), batch_size=4,
+                         progress=False)
+    reader = Store(tmp_path / "store.sqlite", read_only=True)
+    assert [j["id"] for j in reader.done_jobs()] == [job["id"]] and len(reader.outcomes(job["id"])) == 8
+    with pytest.raises(EllbenchError, match="read-only"):
+        reader.commit_batch(job["id"], 9, [{"idx": 99, "label": 0, "pred": 0, "correct": 1}])
+    with pytest.raises(EllbenchError, match="results store"):
+        Store(tmp_path / "absent.sqlite", read_only=True)
