@@ -159,3 +159,71 @@ def test_a_loaded_model_without_amp_is_float32():
     assert LoadedModel(name="m", module=module, checkpoint_id="c", device="cpu").amp == "off" and module.amp == "off"
     with pytest.raises(EllbenchError, match="unknown --amp"):
         load_for_eval("deit_micro_patch4_32", amp="fp8")
+
+
+# --- on a GPU (benchmarks/gpu_check.py runs these) ----------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_under_cuda_autocast_is_close_to_float32(name, amp):
+    model = build_model(name, num_classes=10, seed=0).cuda()
+    x = images().cuda()
+    with torch.no_grad():
+        reference = model(x)
+        model.amp = amp
+        mixed = model(x)
+    assert mixed.dtype == torch.float32 and torch.isfinite(mixed).all()
+    assert (mixed - reference).abs().max() <= 0.05 * reference.abs().max()
+
+
+@pytest.mark.cuda
+def test_pgd_under_bf16_on_cuda_follows_the_written_out_loop():
+    """The same loop as on the CPU, on the GPU: random start from the CUDA generator, bf16 network, float32 steps.
+
+    GPU kernels may sum in another order between the two runs, which can flip the sign of a gradient entry near 0:
+    nearly every pixel must agree, and every pixel stays within the budget.
+    """
+    model = build_model("deit_micro_patch4_32", num_classes=10, seed=0).cuda()
+    model.amp = "bf16"
+    x, y = images(8).cuda(), (torch.arange(8) % 10).cuda()
+    eps, alpha, steps = 8 / 255, 2 / 255, 3
+    (entry,) = make_entries("PGD", {"alpha": alpha, "steps": steps}, protocol="standard", eps=eps)
+    with protocol.seeded_rng("cuda", 11):
+        outcome = protocol.make_attack(model, entry)(x, y)
+    expected = reference_pgd_under_bf16_cuda(model, x, y, eps, alpha, steps, 11)
+    assert outcome.adversarial_input.dtype == torch.float32 and outcome.adversarial_input.is_cuda
+    assert ((outcome.adversarial_input - expected).abs() > 1e-5).float().mean() < 0.01
+    assert (outcome.adversarial_input - x).abs().max() <= eps + 1e-6
+
+
+def reference_pgd_under_bf16_cuda(model, x, y, eps, alpha, steps, seed):
+    network = model.model
+    torch.manual_seed(seed)  # seeds the CUDA generator too, as seeded_rng does
+    adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = network((adv - model.mean) / model.std)
+        (gradient,) = torch.autograd.grad(F.cross_entropy(logits.float(), y), adv)
+        adv = adv.detach() + alpha * gradient.sign()
+        adv = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
+    return adv
+
+
+@pytest.mark.cuda
+def test_a_clean_job_on_cuda_with_workers_agrees_with_the_cpu(tmp_path):
+    """The CUDA path end to end (pinned batches from 2 workers, non-blocking copies): the same predictions as on the
+    CPU wherever the CPU's top-2 margin exceeds what TF32 convolutions and kernel order can move."""
+    digits = open_dataset("digits", limit=64)
+    cpu = load_for_eval("deit_micro_patch4_32", dataset=digits, seed=0, device="cpu")
+    gpu = load_for_eval("deit_micro_patch4_32", dataset=digits, seed=0, device="cuda")
+    on_gpu = run_clean(Store(tmp_path / "gpu.sqlite"), gpu, digits, batch_size=16, workers=2, progress=False)
+    assert on_gpu["provenance"]["loader_workers"] == 2 and on_gpu["provenance"]["device"].startswith("cuda")
+    rows = Store(tmp_path / "gpu.sqlite").outcomes(on_gpu["id"]).sort_values("idx")
+    with torch.no_grad():
+        logits = cpu.module(digits.get_batch(torch.arange(64))[0])
+    top2 = logits.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-2
+    assert torch.equal(torch.tensor(rows["pred"].tolist())[clear], logits.argmax(1)[clear])
