@@ -251,6 +251,11 @@ def _load_model(model: str, checkpoint: str | None, dataset, *, seed: int, devic
             Store.in_folder(out_dir))
 
 
+def _amp_note(amp: str) -> str:
+    """What a result's title says about autocast: nothing for float32."""
+    return "" if amp == "off" else f", {amp} autocast"
+
+
 def _show(as_json: bool, payload, rows: list[dict], title: str) -> bool:
     """The result on stdout, from rank 0 only: `payload` as JSON for scripts, else `rows` as a table.
 
@@ -345,8 +350,8 @@ def attack_command(
         rows.append({"attack": entry.label, "protocol": entry.protocol, "eps": format_eps(entry.eps),
                      "accuracy": job["summary"]["accuracy"], "n": job["summary"]["n"]})
     shown = _show(as_json, {"model": model, "checkpoint": loaded.checkpoint_id, "data": dataset.fingerprint,
-                            "results": rows, "checks": result["checks"]},
-                  rows, f"{model} on {dataset.name} ({len(dataset)} examples)")
+                            "amp": amp, "results": rows, "checks": result["checks"]},
+                  rows, f"{model} on {dataset.name} ({len(dataset)} examples{_amp_note(amp)})")
     if shown and not as_json:
         for check in result["checks"]:
             if check["status"] != "ok":
@@ -419,6 +424,8 @@ def corrupt_command(
         typer.echo(f"note: {summary['skipped_images']} unreadable images were skipped (--skip-bad-images)")
     if summary.get("mce") is not None:
         typer.echo(f"mCE {100 * summary['mce']:.1f} (AlexNet = 100; baseline {summary['baseline']['name']})")
+    if amp != "off":
+        typer.echo(f"note: the network ran under {amp} autocast (--amp {amp})")
 
 
 def _print_json_summary(summary: dict) -> None:
@@ -459,8 +466,8 @@ def shift_command(
     loaded, store = _load_model(model, checkpoint, None, seed=seed, device=device, out_dir=out_dir, amp=amp)
     job = run_shift(store, loaded, dataset, data, batch_size=batch_size, seed=seed, skip_bad_images=skip_bad_images,
                     limit=limit, progress=not as_json, workers=workers)
-    _show(as_json, {"model": model, "dataset": dataset, "summary": job["summary"], "job": job["id"]},
-          [{"model": model, "dataset": dataset, **job["summary"]}], "distribution shift")
+    _show(as_json, {"model": model, "dataset": dataset, "amp": amp, "summary": job["summary"], "job": job["id"]},
+          [{"model": model, "dataset": dataset, **job["summary"]}], f"distribution shift{_amp_note(amp)}")
 
 
 @app.command("collapse")
@@ -491,9 +498,9 @@ def collapse_command(
     job = run_collapse(store, loaded, dataset, batch_size=batch_size, seed=seed, progress=not as_json,
                        workers=workers)
     layers, values = job["settings"]["layers"], job["summary"]["collapse"]
-    _show(as_json, {"model": model, "job": job["id"], "layers": dict(zip(layers, values, strict=True))},
+    _show(as_json, {"model": model, "job": job["id"], "amp": amp, "layers": dict(zip(layers, values, strict=True))},
           [{"layer": name, "mean cosine similarity": value} for name, value in zip(layers, values, strict=True)],
-          f"representation collapse of {model} on {dataset.name}")
+          f"representation collapse of {model} on {dataset.name}{_amp_note(amp)}")
 
 
 @app.command("profile")

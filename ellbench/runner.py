@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ellbench import distributed
 from ellbench._version import __version__
+from ellbench.errors import EllbenchError
 from ellbench.io import ProgressBar
 from ellbench.store import Store, utc_now
 
@@ -197,7 +198,6 @@ class _WholeBatches:
 
     def __getitem__(self, indices):
         from ellbench.data import dataset_batch
-        from ellbench.errors import EllbenchError
 
         try:
             return dataset_batch(self.dataset, indices)
@@ -222,7 +222,8 @@ class LoaderPool:
     """DataLoaders kept alive across jobs: one per (data set, worker count), so worker processes start once.
 
     Use as a context manager (or call close()) around the jobs that share data, e.g. an attack suite's clean and
-    adversarial jobs; `run` makes a pool of its own for a single job when given none.
+    adversarial jobs; `run` makes a pool of its own for a single job when given none. One pass over a data set at a
+    time: asking for new batches of a data set restarts its loader.
     """
 
     def __init__(self):
@@ -250,7 +251,8 @@ class LoaderPool:
     def close(self) -> None:
         """Stop every worker process of the pool."""
         for _, loader, _ in self._loaders.values():
-            iterator = getattr(loader, "_iterator", None)  # persistent workers live in the loader's iterator
+            # persistent workers live in the loader's iterator; torch stops them only when it is collected
+            iterator = getattr(loader, "_iterator", None)
             if iterator is not None and hasattr(iterator, "_shutdown_workers"):
                 iterator._shutdown_workers()
             loader._iterator = None
@@ -271,8 +273,6 @@ def load_batches(dataset, batches: list[int], batch_size: int, *, device: str = 
     jobs; without it they stop when the batches are done.
     """
     import torch
-
-    from ellbench.errors import EllbenchError
 
     if not batches:
         return
