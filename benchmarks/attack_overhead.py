@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                        help="Autocast of the network, the same for all three (ellbench.models.amp)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps a shared machine's noise down)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default=None,
                         help="wall time, or this process's CPU time (default: cpu on CPU, wall on GPU)")
@@ -73,6 +75,7 @@ def main() -> None:
     clock_name = args.clock or ("wall" if device.type == "cuda" else "cpu")
     clock = time.perf_counter if clock_name == "wall" else time.process_time
     model = build_model(args.model, num_classes=args.classes, seed=0).eval().to(device)
+    model.amp = args.amp
     size = model.input_size[-1]
     generator = torch.Generator().manual_seed(0)
     batches = [
@@ -110,7 +113,7 @@ def main() -> None:
     images_per_repeat = args.batch_size * args.batches
     print(f"PGD-{STEPS} eps {format_eps(EPS)} on {args.model} ({size} px), batch {args.batch_size} x "
           f"{args.batches}, {args.repeats} repeats interleaved per batch, {device_name}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s), {clock_name} clock")
+          f"{torch.get_num_threads()} thread(s), {clock_name} clock, amp {args.amp}")
     bare = seconds["bare torchattacks"]
     for name, times in seconds.items():
         ratios = [b / t for b, t in zip(bare, times, strict=True)]

@@ -24,6 +24,12 @@ app = typer.Typer(
 OUT_HELP = "Output folder: the results store (ellbench.sqlite) and reports go here. Default: $ELLBENCH_OUT or reports."
 SEED_HELP = "Seed for model initialisation, data order and every random choice; the same seed gives the same result."
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto (cuda when available)."
+WORKERS_HELP = ("Processes decoding images into batches (0: this process). Default: 0 for in-memory sets (digits, "
+                "fashion-mnist); for folders a share of the cores (all on a GPU, half on the CPU, at most 16). "
+                "Results are the same for any number.")
+AMP_HELP = ("Mixed precision: off (float32, the reference), bf16 or fp16 autocast of the network; inputs, logits "
+            "and attack arithmetic stay float32. Part of the job key. fp16 gradients can underflow under attacks "
+            "(no loss scaling): prefer bf16.")
 
 
 def _out_dir(out: Path | None) -> Path:
@@ -60,6 +66,13 @@ def _check_file(path: str | None, what: str) -> None:
 def _check_device(device: str) -> None:
     if device not in ("cpu", "cuda", "auto") and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise EllbenchError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto")
+
+
+def _check_loading(workers: int | None, amp: str) -> None:
+    """--workers (0 or more) and --amp (off, bf16, fp16) of the evaluation commands."""
+    if workers is not None and workers < 0:
+        raise EllbenchError(f"--workers must be 0 or more, got {workers}")
+    _check_choice(amp, ("off", "bf16", "fp16"), "--amp")
 
 
 def _single_process(command: str) -> None:
@@ -228,12 +241,19 @@ def _check_common(batch_size: int, seed: int, limit: int | None) -> None:
         _positive(limit, "--limit")
 
 
-def _load_model(model: str, checkpoint: str | None, dataset, *, seed: int, device: str, out_dir: Path):
+def _load_model(model: str, checkpoint: str | None, dataset, *, seed: int, device: str, out_dir: Path,
+                amp: str = "off"):
     """The model ready for evaluation (sized for `dataset` when it has no checkpoint) and the output folder's store."""
     from ellbench.models.loading import load_for_eval
     from ellbench.store import Store
 
-    return load_for_eval(model, checkpoint, dataset=dataset, seed=seed, device=device), Store.in_folder(out_dir)
+    return (load_for_eval(model, checkpoint, dataset=dataset, seed=seed, device=device, amp=amp),
+            Store.in_folder(out_dir))
+
+
+def _amp_note(amp: str) -> str:
+    """What a result's title says about autocast: nothing for float32."""
+    return "" if amp == "off" else f", {amp} autocast"
 
 
 def _show(as_json: bool, payload, rows: list[dict], title: str) -> bool:
@@ -282,6 +302,8 @@ def attack_command(
                                  "[0, 1]) or paper (normalised space, no clipping, the model's own predictions)."),
     limit: int = typer.Option(None, help="Attack the first N examples only."),
     batch_size: int = typer.Option(64, help="Examples per batch (part of the job key: random starts are per batch)."),
+    workers: int = typer.Option(None, help=WORKERS_HELP),
+    amp: str = typer.Option("off", help=AMP_HELP),
     seed: int = typer.Option(0, help=SEED_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     out: Path = typer.Option(None, help=OUT_HELP),
@@ -293,6 +315,7 @@ def attack_command(
     are recorded with the results.
     """
     _check_common(batch_size, seed, limit)
+    _check_loading(workers, amp)
     _check_device(device)
     _check_suite("attacks", suite)
     _check_file(checkpoint, "checkpoint")
@@ -311,20 +334,24 @@ def attack_command(
         entries = load_suite(suite or "quick")
     out_dir = _out_dir(out)
     dataset = _open_eval_data(data, data_root=data_root, limit=limit)
+    from ellbench.runner import LoaderPool
     from ellbench.tasks.attack import run_attack_suite
     from ellbench.tasks.eval import run_clean
 
-    loaded, store = _load_model(model, checkpoint, dataset, seed=seed, device=device, out_dir=out_dir)
-    clean = run_clean(store, loaded, dataset, batch_size=batch_size, seed=seed, progress=not as_json)
-    result = run_attack_suite(store, loaded, dataset, entries, batch_size=batch_size, seed=seed, progress=not as_json)
+    loaded, store = _load_model(model, checkpoint, dataset, seed=seed, device=device, out_dir=out_dir, amp=amp)
+    with LoaderPool() as loaders:  # the clean and every attack job share the loader's worker processes
+        clean = run_clean(store, loaded, dataset, batch_size=batch_size, seed=seed, progress=not as_json,
+                          workers=workers, loaders=loaders)
+        result = run_attack_suite(store, loaded, dataset, entries, batch_size=batch_size, seed=seed,
+                                  progress=not as_json, workers=workers, loaders=loaders)
     rows = [{"attack": "clean", "protocol": "", "eps": "", "accuracy": clean["summary"]["accuracy"],
              "n": clean["summary"]["n"]}]
     for entry, job in zip(entries, result["jobs"], strict=True):
         rows.append({"attack": entry.label, "protocol": entry.protocol, "eps": format_eps(entry.eps),
                      "accuracy": job["summary"]["accuracy"], "n": job["summary"]["n"]})
     shown = _show(as_json, {"model": model, "checkpoint": loaded.checkpoint_id, "data": dataset.fingerprint,
-                            "results": rows, "checks": result["checks"]},
-                  rows, f"{model} on {dataset.name} ({len(dataset)} examples)")
+                            "amp": amp, "results": rows, "checks": result["checks"]},
+                  rows, f"{model} on {dataset.name} ({len(dataset)} examples{_amp_note(amp)})")
     if shown and not as_json:
         for check in result["checks"]:
             if check["status"] != "ok":
@@ -345,7 +372,11 @@ def corrupt_command(
     limit: int = typer.Option(None, help="Evaluate N images per (corruption, severity) only: the first N of a "
                               "built-in set, N spread evenly over a folder's classes."),
     batch_size: int = typer.Option(64, help="Examples per batch."),
-    workers: int = typer.Option(None, help="Processes generating corrupted images (default: all cores)."),
+    workers: int = typer.Option(None, help="Processes preparing images: generating ImageNet-C from a folder "
+                                "(default: all cores; 0: this process) and decoding batches (default: 0 for "
+                                "precomputed in-memory sets, else a share of the cores). Results are the same for "
+                                "any number."),
+    amp: str = typer.Option("off", help=AMP_HELP),
     cache_dir: Path = typer.Option(None, help="Cache of generated ImageNet-C images (default: ~/.cache/ellbench)."),
     baseline: str = typer.Option(None, help="AlexNet errors for mCE: hendrycks (default) or robustbench."),
     skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted in the provenance) instead of "
@@ -357,8 +388,7 @@ def corrupt_command(
 ):
     """Accuracy under common corruptions (ImageNet-C on disk, or generated on the fly and cached), CE and mCE."""
     _check_common(batch_size, seed, limit)
-    if workers is not None:
-        _positive(workers, "--workers")
+    _check_loading(workers, amp)
     _check_device(device)
     _check_suite("corruptions", suite)
     _check_file(checkpoint, "checkpoint")
@@ -374,7 +404,7 @@ def corrupt_command(
         clean = _open_eval_data(data or "digits", data_root=data_root, limit=limit, skip_bad_images=skip_bad_images)
     from ellbench.tasks.corruption import run_corruption_suite
 
-    loaded, store = _load_model(model, checkpoint, clean, seed=seed, device=device, out_dir=out_dir)
+    loaded, store = _load_model(model, checkpoint, clean, seed=seed, device=device, out_dir=out_dir, amp=amp)
     summary = run_corruption_suite(
         store, loaded, chosen, clean=clean, imagenet_c=imagenet_c, batch_size=batch_size, seed=seed,
         cache_dir=cache_dir, workers=workers, skip_bad_images=skip_bad_images, limit=limit, baseline=baseline,
@@ -394,6 +424,8 @@ def corrupt_command(
         typer.echo(f"note: {summary['skipped_images']} unreadable images were skipped (--skip-bad-images)")
     if summary.get("mce") is not None:
         typer.echo(f"mCE {100 * summary['mce']:.1f} (AlexNet = 100; baseline {summary['baseline']['name']})")
+    if amp != "off":
+        typer.echo(f"note: the network ran under {amp} autocast (--amp {amp})")
 
 
 def _print_json_summary(summary: dict) -> None:
@@ -413,6 +445,8 @@ def shift_command(
     limit: int = typer.Option(None, help="Evaluate N images only (spread evenly over the folder)."),
     batch_size: int = typer.Option(64, help="Examples per batch."),
     skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted) instead of stopping."),
+    workers: int = typer.Option(None, help=WORKERS_HELP),
+    amp: str = typer.Option("off", help=AMP_HELP),
     seed: int = typer.Option(0, help=SEED_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     out: Path = typer.Option(None, help=OUT_HELP),
@@ -420,6 +454,7 @@ def shift_command(
 ):
     """Top-1 accuracy under distribution shift: ImageNet-A or ImageNet-R, logits restricted to their 200 classes."""
     _check_common(batch_size, seed, limit)
+    _check_loading(workers, amp)
     _check_device(device)
     _check_choice(dataset, ("imagenet-a", "imagenet-r"), "shift data set")
     _check_file(checkpoint, "checkpoint")
@@ -428,11 +463,11 @@ def shift_command(
     out_dir = _out_dir(out)
     from ellbench.tasks.shift import run_shift
 
-    loaded, store = _load_model(model, checkpoint, None, seed=seed, device=device, out_dir=out_dir)
+    loaded, store = _load_model(model, checkpoint, None, seed=seed, device=device, out_dir=out_dir, amp=amp)
     job = run_shift(store, loaded, dataset, data, batch_size=batch_size, seed=seed, skip_bad_images=skip_bad_images,
-                    limit=limit, progress=not as_json)
-    _show(as_json, {"model": model, "dataset": dataset, "summary": job["summary"], "job": job["id"]},
-          [{"model": model, "dataset": dataset, **job["summary"]}], "distribution shift")
+                    limit=limit, progress=not as_json, workers=workers)
+    _show(as_json, {"model": model, "dataset": dataset, "amp": amp, "summary": job["summary"], "job": job["id"]},
+          [{"model": model, "dataset": dataset, **job["summary"]}], f"distribution shift{_amp_note(amp)}")
 
 
 @app.command("collapse")
@@ -443,6 +478,8 @@ def collapse_command(
     data_root: str = typer.Option(None, help="Folder of the Fashion-MNIST IDX files, for --data fashion-mnist."),
     limit: int = typer.Option(None, help="Use the first N examples only."),
     batch_size: int = typer.Option(64, help="Examples per batch."),
+    workers: int = typer.Option(None, help=WORKERS_HELP),
+    amp: str = typer.Option("off", help=AMP_HELP),
     seed: int = typer.Option(0, help=SEED_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     out: Path = typer.Option(None, help=OUT_HELP),
@@ -450,18 +487,20 @@ def collapse_command(
 ):
     """Representation collapse per layer: mean pairwise cosine similarity of the attention outputs' tokens."""
     _check_common(batch_size, seed, limit)
+    _check_loading(workers, amp)
     _check_device(device)
     _check_file(checkpoint, "checkpoint")
     out_dir = _out_dir(out)
     dataset = _open_eval_data(data, data_root=data_root, limit=limit)
     from ellbench.tasks.collapse import run_collapse
 
-    loaded, store = _load_model(model, checkpoint, dataset, seed=seed, device=device, out_dir=out_dir)
-    job = run_collapse(store, loaded, dataset, batch_size=batch_size, seed=seed, progress=not as_json)
+    loaded, store = _load_model(model, checkpoint, dataset, seed=seed, device=device, out_dir=out_dir, amp=amp)
+    job = run_collapse(store, loaded, dataset, batch_size=batch_size, seed=seed, progress=not as_json,
+                       workers=workers)
     layers, values = job["settings"]["layers"], job["summary"]["collapse"]
-    _show(as_json, {"model": model, "job": job["id"], "layers": dict(zip(layers, values, strict=True))},
+    _show(as_json, {"model": model, "job": job["id"], "amp": amp, "layers": dict(zip(layers, values, strict=True))},
           [{"layer": name, "mean cosine similarity": value} for name, value in zip(layers, values, strict=True)],
-          f"representation collapse of {model} on {dataset.name}")
+          f"representation collapse of {model} on {dataset.name}{_amp_note(amp)}")
 
 
 @app.command("profile")

@@ -74,6 +74,11 @@ BAD_INPUT = [
     ("attack negative limit", ["attack", MICRO, "--limit", "-2", "--out", "{tmp}/out"], ["--limit"], True),
     ("collapse unknown data", ["collapse", MICRO, "--data", "nope", "--out", "{tmp}/out"], ["nope"], True),
     ("profile zero repeats", ["profile", MICRO, "--repeats", "0", "--out", "{tmp}/out"], ["--repeats"], True),
+    ("attack unknown amp", ["attack", MICRO, "--amp", "fp8", "--out", "{tmp}/out"], ["--amp", "fp8"], True),
+    ("collapse negative workers", ["collapse", MICRO, "--workers", "-1", "--out", "{tmp}/out"], ["--workers"], True),
+    ("corrupt negative workers", ["corrupt", MICRO, "--workers", "-2", "--out", "{tmp}/out"], ["--workers"], True),
+    ("shift unknown amp", ["shift", MICRO, "--dataset", "imagenet-a", "--data", "{tmp}", "--amp", "half"],
+     ["--amp", "half"], True),
     ("unknown model", ["train", "no_such_model", "--out", "{tmp}/out"], ["no_such_model"], False),
     ("missing Fashion-MNIST folder", ["demo", "--dataset", "fashion-mnist", "--data-root", "/nonexistent",
                                       "--out", "{tmp}/demo"], ["/nonexistent", "apt-get install"], False),
@@ -223,3 +228,25 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch,
     assert ours.keys() == reference.keys()
     for name, tensor in reference.items():
         assert torch.equal(ours[name], tensor), name
+
+
+def test_attack_with_workers_and_bf16_stores_the_same_rows_as_in_process(run_ellbench, tmp_path):
+    """--workers changes how batches are loaded, never a stored outcome; --amp bf16 is recorded in the job key."""
+    from ellbench.store import Store
+
+    outcomes = {}
+    for workers in ("2", "0"):
+        out = tmp_path / f"out-{workers}"
+        result = run_ellbench("attack", MICRO, "--data", "digits", "--limit", "10", "--batch-size", "4", "--attack",
+                              "FGSM", "--param", "eps=8/255", "--amp", "bf16", "--workers", workers, "--device", "cpu",
+                              "--json", "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        store = Store(out / "ellbench.sqlite")
+        jobs = {job["task"]: job for job in store.done_jobs()}
+        assert jobs["clean"]["settings"] == {"batch_size": 4, "amp": "bf16"}
+        assert jobs["attack"]["settings"]["amp"] == "bf16"
+        assert jobs["attack"]["provenance"]["loader_workers"] == int(workers)
+        outcomes[workers] = {task: store.outcomes(jobs[task]["id"]).sort_values("idx").reset_index(drop=True)
+                             for task in ("clean", "attack")}
+    for task in ("clean", "attack"):
+        assert len(outcomes["2"][task]) == 10 and outcomes["2"][task].equals(outcomes["0"][task])

@@ -181,3 +181,15 @@ def test_cuda_without_gpu_is_a_one_line_user_error(monkeypatch):
 def test_bad_settings_are_user_errors(kwargs, message):
     with pytest.raises(EllbenchError, match=message):
         profile.profile_model(**kwargs, measure_memory=False)
+
+
+@pytest.mark.cuda
+def test_cuda_profile_times_synchronised_and_measures_max_memory_allocated():
+    """On a GPU: bf16 autocast, synchronised timing and max_memory_allocated: activations of a batch of 32 at 224 px
+    and the float32 weights (22 MB for DeiT-Tiny) must both show."""
+    result = profile.profile_model("deit_tiny_patch16_224", device="cuda", amp="bf16", batch_size=32, warmup=2,
+                                   steps=5, repeats=2, latency_steps=5)
+    assert result["device"].startswith("cuda") and result["amp"] == "bf16"
+    assert result["throughput_img_s"] > 0 and result["latency_ms_median"] > 0
+    assert result["peak_memory_mib"] > result["params"] * 4 / MIB  # weights are counted
+    assert "max_memory_allocated" in result["memory_method"]

@@ -11,6 +11,9 @@ torchattacks clamps every iterate to [0, 1]. The paper protocol therefore runs i
 z = offset + scale * u, where offset and scale are chosen so that every iterate around a valid image lies inside
 u in [0, 1]: the clamp never binds, and the uniform budget eps / scale in u is exactly the budget eps in z. Settings
 measured in input units (eps, step sizes, SPSA's delta and learning rate) are divided by scale on the way in.
+
+Under AMP (the model's `amp`, ellbench.models.amp) only the network runs in autocast, in both protocols: its logits
+come back float32, so the loss, its gradient with respect to the input, every step and projection stay float32.
 """
 
 from __future__ import annotations
@@ -25,19 +28,24 @@ from torch import nn
 
 from ellbench.attacks.suite import PAPER_INPUT_UNITS, PAPER_NATIVE, AttackEntry, attack_class
 from ellbench.errors import EllbenchError
+from ellbench.models.amp import autocast_logits
 
 
 class AffineInput(nn.Module):
-    """The raw network evaluated at z = offset + scale * u, so that torchattacks can attack u in [0, 1]."""
+    """The raw network evaluated at z = offset + scale * u, so that torchattacks can attack u in [0, 1].
 
-    def __init__(self, network: nn.Module, offset: float, scale: float):
+    z is formed in float32; the network alone runs under `amp`'s autocast, and its logits come back float32.
+    """
+
+    def __init__(self, network: nn.Module, offset: float, scale: float, amp: str = "off"):
         super().__init__()
         self.network = network
         self.offset = offset
         self.scale = scale
+        self.amp = amp
 
     def forward(self, u):
-        return self.network(self.offset + self.scale * u)
+        return autocast_logits(self.network, self.offset + self.scale * u, self.amp)
 
 
 def paper_coordinates(mean, std, margin: float) -> tuple[float, float]:
@@ -65,7 +73,8 @@ class AttackOutcome:
 
 
 def make_attack(model: nn.Module, entry: AttackEntry) -> Callable:
-    """attack(images in [0, 1], labels) -> AttackOutcome; `model` takes [0, 1] images and has .mean, .std, .model.
+    """attack(images in [0, 1], labels) -> AttackOutcome; `model` takes [0, 1] images and has .mean, .std, .model
+    (and .amp, off when absent: the paper protocol calls the raw network under the same autocast as the model).
 
     No seeding here: the caller decides the random state (see ellbench.tasks.attack.attack_evaluator).
     """
@@ -91,7 +100,7 @@ def make_attack(model: nn.Module, entry: AttackEntry) -> Callable:
         offset, scale = paper_coordinates(model.mean, model.std, margin)
         # Evaluation mode: torchattacks restores the mode it found after each attack, and a training-mode wrapper
         # would switch the network's BatchNorm/dropout (RVT) to training behaviour for good.
-        attacked = AffineInput(model.model, offset, scale).eval()
+        attacked = AffineInput(model.model, offset, scale, amp=getattr(model, "amp", "off")).eval()
         units = PAPER_INPUT_UNITS[entry.attack]
         kwargs = {k: (v / scale if k in units else v) for k, v in kwargs.items()}
     else:

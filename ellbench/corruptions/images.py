@@ -100,6 +100,11 @@ class CorruptedDataset(torch.utils.data.Dataset):
         images, labels = dataset_batch(self.base, indices)
         return corrupt_tensor(images, self.corruption, self.severity, seed=self.seed)[0], labels
 
+    @property
+    def in_memory(self) -> bool:
+        """Precomputed images are a slice of a tensor; lazily corrupted ones cost CPU time worth worker processes."""
+        return self.precomputed is not None
+
     def __len__(self) -> int:
         return len(self.base)
 

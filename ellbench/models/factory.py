@@ -11,24 +11,30 @@ from torch import nn
 
 import ellbench.models  # noqa: F401  (registers ellbench's models with timm)
 from ellbench.errors import EllbenchError
+from ellbench.models.amp import autocast_logits, check_amp
 
 # timm's own models listed beside ellbench's: the DeiT baselines of the paper.
 TIMM_BASELINES = ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224")
 
 
 class NormalizedModel(nn.Module):
-    """A classifier that takes float images in [0, 1] and normalises them with its pretrained_cfg's mean and std."""
+    """A classifier that takes float images in [0, 1] and normalises them with its pretrained_cfg's mean and std.
 
-    def __init__(self, model: nn.Module, mean=None, std=None):
+    `amp` (off, bf16, fp16) runs the network under autocast (ellbench.models.amp): normalisation before it and the
+    logits after it stay float32.
+    """
+
+    def __init__(self, model: nn.Module, mean=None, std=None, amp: str = "off"):
         super().__init__()
         cfg = getattr(model, "pretrained_cfg", None) or {}
         self.model = model
+        self.amp = check_amp(amp)
         # Not persistent: the state dict stays the wrapped model's, under the prefix "model.".
         self.register_buffer("mean", torch.tensor(mean or cfg["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std or cfg["std"]).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)
+        return autocast_logits(self.model, (images - self.mean) / self.std, self.amp)
 
     @property
     def pretrained_cfg(self) -> dict:

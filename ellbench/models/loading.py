@@ -59,6 +59,7 @@ class LoadedModel:
     module: object  # NormalizedModel: takes [0, 1] images
     checkpoint_id: str  # "sha256:<hex>" or "random-init:seed=<n>"
     device: str
+    amp: str = "off"  # autocast of the network: off (float32, the reference), bf16 or fp16; part of job keys when on
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,13 +256,16 @@ def load_model(name: str, checkpoint: str | Path | Checkpoint | None = None, *, 
 
 
 def load_for_eval(name: str, checkpoint: str | Path | None = None, *, dataset=None, seed: int = 0,
-                  device: str = "cpu", model_kwargs: dict | None = None) -> LoadedModel:
+                  device: str = "cpu", model_kwargs: dict | None = None, amp: str = "off") -> LoadedModel:
     """Build `name` (with a checkpoint's weights, or random init from `seed`) sized for `dataset`, in eval mode.
 
     Without a checkpoint, a small-image data set (under 64 px) gets a model sized for it (model_kwargs_for).
+    `amp` (off, bf16, fp16) runs the network under autocast; weights stay float32 (ellbench.models.amp).
     """
     from ellbench.distributed import local_device
+    from ellbench.models.amp import check_amp
 
+    check_amp(amp)
     device = local_device(resolve_device(device))
     kwargs = dict(model_kwargs or {})
     read = read_checkpoint(checkpoint) if checkpoint is not None else None
@@ -269,6 +273,7 @@ def load_for_eval(name: str, checkpoint: str | Path | None = None, *, dataset=No
             and not kwargs:
         kwargs = model_kwargs_for(name, dataset.image_size, dataset.num_classes)
     module = load_model(name, read, seed=seed, **kwargs)
+    module.amp = amp
     module.eval().to(device)
     checkpoint_id = f"sha256:{read.sha256}" if read else f"random-init:seed={seed}"
-    return LoadedModel(name=name, module=module, checkpoint_id=checkpoint_id, device=device)
+    return LoadedModel(name=name, module=module, checkpoint_id=checkpoint_id, device=device, amp=amp)

@@ -48,8 +48,15 @@ def _job_fields(job: dict) -> dict:
             "finished_utc": job["finished_utc"]}
 
 
+def amp_of(job: dict) -> str:
+    """The autocast a job's model ran under: 'off' (float32), 'bf16' or 'fp16' (job keys carry it when on)."""
+    return (job.get("settings") or {}).get("amp") or "off"
+
+
 def _row(job: dict, metric: str, label: str, value, n, *, table: str = "main", source: str = "outcomes",
          **detail) -> dict:
+    if job["task"] != "profile" and amp_of(job) != "off":  # profiles name their AMP with the device
+        label = f"{label} [{amp_of(job)} autocast]"
     return {**_job_fields(job), "metric": metric, "label": label, "table": table, "value": value, "n": n,
             "source": source, **detail}
 
@@ -225,8 +232,8 @@ def _suite_members(summary_job: dict, corruption_jobs: list[dict]) -> list[dict]
     clean = settings.get("clean")
     candidates = [
         job for job in corruption_jobs
-        if (job["model"], job["checkpoint"], job["seed"]) == (summary_job["model"], summary_job["checkpoint"],
-                                                              summary_job["seed"])
+        if (job["model"], job["checkpoint"], job["seed"], amp_of(job)) == (
+            summary_job["model"], summary_job["checkpoint"], summary_job["seed"], amp_of(summary_job))
         and job["settings"].get("source") == settings.get("source")
         and (job["settings"]["corruption"], int(job["settings"]["severity"])) in entries
         and (settings.get("source") == "imagenet-c" or clean is None or _corruption_base(job) == clean)
@@ -261,7 +268,8 @@ def _corruption_aggregate_rows(jobs: list[dict], accuracy_by_job: dict) -> list[
     groups: dict = {}
     for job in corruption_jobs:
         if job["id"] not in used:
-            key = (job["model"], job["checkpoint"], job["seed"], _corruption_base(job), job["settings"].get("source"))
+            key = (job["model"], job["checkpoint"], job["seed"], _corruption_base(job), job["settings"].get("source"),
+                   amp_of(job))
             groups.setdefault(key, []).append(job)
     for members in groups.values():
         rows += _accuracy_by_corruption_rows(members, accuracy_by_job)
@@ -294,7 +302,8 @@ def _mce_rows(summary_job: dict, members: list[dict], jobs: list[dict], accuracy
     errors = {(j["settings"]["corruption"], int(j["settings"]["severity"])): 1.0 - accuracy_by_job[j["id"]][0]
               for j in members}
     clean_jobs = [j for j in jobs if j["task"] == "clean" and j["data"] == settings.get("clean")
-                  and (j["model"], j["checkpoint"]) == (summary_job["model"], summary_job["checkpoint"])
+                  and (j["model"], j["checkpoint"], amp_of(j)) == (summary_job["model"], summary_job["checkpoint"],
+                                                                    amp_of(summary_job))
                   and j["id"] in accuracy_by_job]
     clean_error = 1.0 - accuracy_by_job[clean_jobs[-1]["id"]][0] if clean_jobs else None
     result = summarize_corruptions(errors, clean_error=clean_error, baseline=settings.get("baseline") or "hendrycks")

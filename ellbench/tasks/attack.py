@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from ellbench import distributed
 from ellbench.attacks.checks import result_record, summarize_attack, trust_checks
 from ellbench.attacks.suite import AttackEntry
-from ellbench.runner import Batch, JobSpec, job_key, outcome_rows, provenance, run
+from ellbench.runner import Batch, JobSpec, LoaderPool, job_key, outcome_rows, provenance, run
 
 
 def attack_evaluator(model, entry: AttackEntry, *, seed: int) -> Callable[[Batch], list[dict]]:
@@ -41,32 +42,37 @@ def attack_task_settings(entry: AttackEntry, batch_size: int) -> dict:
     return {**entry.settings(), "batch_size": int(batch_size)}
 
 
-def attack_specs(loaded, dataset, entries: list[AttackEntry], *, batch_size: int, seed: int = 0) -> list[JobSpec]:
+def attack_specs(loaded, dataset, entries: list[AttackEntry], *, batch_size: int, seed: int = 0,
+                 workers: int | None = None) -> list[JobSpec]:
     """The plan: one job spec per entry. `loaded` is an ellbench.models.loading.LoadedModel."""
     return [
         JobSpec(key=job_key(model=loaded.name, checkpoint=loaded.checkpoint_id, data=dataset.fingerprint,
-                            task="attack", settings=attack_task_settings(entry, batch_size), seed=seed),
+                            task="attack", settings=attack_task_settings(entry, batch_size), seed=seed,
+                            amp=loaded.amp),
                 dataset=dataset, evaluate=attack_evaluator(loaded.module, entry, seed=seed), batch_size=batch_size,
                 device=loaded.device, description=f"{entry.label} ({entry.protocol}) {loaded.name}",
-                summarize=summarize_attack)
+                summarize=summarize_attack, loader_workers=workers)
         for entry in entries
     ]
 
 
 def run_attack_suite(store, loaded, dataset, entries: list[AttackEntry], *, batch_size: int, seed: int = 0,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, workers: int | None = None, loaders: LoaderPool | None = None) -> dict:
     """Run (or resume, or reuse) one 'attack' job per entry, then record the trust checks over their results.
 
     Returns {"jobs": [job rows], "checks": [check rows]}; the checks are stored as one 'attack-checks' result keyed by
-    the jobs they read, so a report finds them next to the jobs.
+    the jobs they read, so a report finds them next to the jobs. The jobs share one pool of loader workers
+    (`loaders`, or one of their own).
     """
     jobs, results = [], []
-    for entry, spec in zip(entries, attack_specs(loaded, dataset, entries, batch_size=batch_size, seed=seed),
-                           strict=True):
-        job = run(store, spec, progress=progress)
-        jobs.append(job)
-        if job and job.get("summary"):
-            results.append(result_record(entry, job["summary"]))
+    specs = attack_specs(loaded, dataset, entries, batch_size=batch_size, seed=seed, workers=workers)
+    with contextlib.ExitStack() as stack:
+        pool = loaders if loaders is not None else stack.enter_context(LoaderPool())
+        for entry, spec in zip(entries, specs, strict=True):
+            job = run(store, spec, progress=progress, loaders=pool)
+            jobs.append(job)
+            if job and job.get("summary"):
+                results.append(result_record(entry, job["summary"]))
     checks = trust_checks(results)
     if distributed.is_writer() and jobs:
         key = job_key(model=loaded.name, checkpoint=loaded.checkpoint_id, data=dataset.fingerprint,

@@ -147,19 +147,22 @@ def collapse_summary(outcomes: pd.DataFrame) -> dict:
     return {**accuracy_summary(outcomes), COLLAPSE_KEY: summarize_collapse(outcomes)}
 
 
-def collapse_spec(loaded, dataset, *, batch_size: int, seed: int = 0) -> JobSpec:
+def collapse_spec(loaded, dataset, *, batch_size: int, seed: int = 0, workers: int | None = None) -> JobSpec:
     """The job spec of one model's collapse on one data set; the layer names are part of its settings, so the stored
     per-layer lists can always be matched to the modules they came from."""
     layers = attention_layer_names(loaded.module)
     key = job_key(model=loaded.name, checkpoint=loaded.checkpoint_id, data=dataset.fingerprint, task="collapse",
-                  settings={"batch_size": batch_size, "layers": layers}, seed=seed)
+                  settings={"batch_size": batch_size, "layers": layers}, seed=seed, amp=loaded.amp)
     return JobSpec(key=key, dataset=dataset, evaluate=collapse_evaluator(loaded.module), batch_size=batch_size,
-                   device=loaded.device, description=f"collapse {loaded.name}", summarize=collapse_summary)
+                   device=loaded.device, description=f"collapse {loaded.name}", summarize=collapse_summary,
+                   loader_workers=workers)
 
 
-def run_collapse(store, loaded, dataset, *, batch_size: int, seed: int = 0, progress: bool = True) -> dict:
+def run_collapse(store, loaded, dataset, *, batch_size: int, seed: int = 0, progress: bool = True,
+                 workers: int | None = None) -> dict:
     """Per-layer collapse of one model on one data set, stored as a resumable 'collapse' job; returns the job row.
 
-    `loaded` is an `ellbench.models.loading.LoadedModel`.
+    `loaded` is an `ellbench.models.loading.LoadedModel`; `workers`: loader processes (None: the runner's default).
     """
-    return run(store, collapse_spec(loaded, dataset, batch_size=batch_size, seed=seed), progress=progress)
+    return run(store, collapse_spec(loaded, dataset, batch_size=batch_size, seed=seed, workers=workers),
+               progress=progress)

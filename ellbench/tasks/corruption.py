@@ -18,6 +18,11 @@ from ellbench.runner import JobSpec, job_key, provenance, run
 from ellbench.tasks.eval import clean_spec, run_clean
 
 
+def generation_workers(workers: int | None) -> int | None:
+    """Processes generating ImageNet-C images for `workers`: None (every core) stays None, 0 means this process."""
+    return None if workers is None else max(1, workers)
+
+
 def corrupted_dataset(corruption: str, severity: int, *, clean=None, imagenet_c=None, seed: int = 0, cache_dir=None,
                       workers: int | None = None, skip_bad_images: bool = False, limit: int | None = None,
                       precompute: bool = False, source_hashes: list[str] | None = None):
@@ -27,7 +32,8 @@ def corrupted_dataset(corruption: str, severity: int, *, clean=None, imagenet_c=
     if imagenet_c is not None:
         return imagenet_c_folder(imagenet_c, corruption, severity, skip_bad_images=skip_bad_images, limit=limit)
     if isinstance(clean, ImageFolderDataset):
-        return GeneratedImageNetC(clean, corruption, severity, seed=seed, cache_dir=cache_dir, workers=workers,
+        return GeneratedImageNetC(clean, corruption, severity, seed=seed, cache_dir=cache_dir,
+                                  workers=generation_workers(workers),
                                   img_size=clean.img_size, resize=clean.resize, source_hashes=source_hashes)
     if clean is None:
         raise EllbenchError("corruptions need clean data (--data) or a released ImageNet-C folder (--imagenet-c)")
@@ -52,7 +58,11 @@ def corruption_source(clean, imagenet_c) -> str:
 def corruption_specs(loaded, suite: CorruptionSuite, *, clean=None, imagenet_c=None, batch_size: int = 64,
                      seed: int = 0, cache_dir=None, workers: int | None = None, skip_bad_images: bool = False,
                      limit: int | None = None, datasets: dict | None = None) -> Iterator[tuple[str, int, JobSpec]]:
-    """The plan, entry by entry: (corruption, severity, job spec); each entry's data is made when it is reached."""
+    """The plan, entry by entry: (corruption, severity, job spec); each entry's data is made when it is reached.
+
+    `workers` is the number of processes preparing images: generating ImageNet-C (None: every core) and loading
+    batches (None: runner.default_loader_workers).
+    """
     source = corruption_source(clean, imagenet_c)
     hashes = file_hashes(clean.files) if source == "generated" and not datasets else None
     for corruption, severity in suite.entries():
@@ -66,7 +76,7 @@ def corruption_specs(loaded, suite: CorruptionSuite, *, clean=None, imagenet_c=N
         settings = {"corruption": corruption, "severity": severity, "source": source, "batch_size": batch_size}
         yield corruption, severity, clean_spec(loaded, dataset, batch_size=batch_size, seed=seed, task="corruption",
                                                settings=settings, description=f"{corruption} s{severity} {loaded.name}",
-                                               provenance=notes)
+                                               provenance=notes, workers=workers)
 
 
 def run_corruption_suite(store, loaded, suite: CorruptionSuite, *, clean=None, imagenet_c=None, batch_size: int = 64,
@@ -94,7 +104,8 @@ def run_corruption_suite(store, loaded, suite: CorruptionSuite, *, clean=None, i
         num_classes = spec.dataset.num_classes
     clean_error = None
     if clean is not None:
-        clean_job = run_clean(store, loaded, clean, batch_size=batch_size, seed=seed, progress=progress)
+        clean_job = run_clean(store, loaded, clean, batch_size=batch_size, seed=seed, progress=progress,
+                              workers=workers)
         clean_error = 1.0 - clean_job["summary"]["accuracy"]
     summary = {"suite": suite.name, "source": source, "entries": entries, "clean_error": clean_error,
                "mean_error": sum(errors.values()) / len(errors), "upsampled": any(e["upsampled"] for e in entries),
@@ -106,5 +117,5 @@ def run_corruption_suite(store, loaded, suite: CorruptionSuite, *, clean=None, i
     key = job_key(model=loaded.name, checkpoint=loaded.checkpoint_id,
                   data=content_hash("\n".join(fingerprints).encode())[:16], task="corruption-summary",
                   settings={"suite": suite.name, "entries": suite.entries(), "source": source, "baseline": baseline,
-                            "clean": getattr(clean, "fingerprint", None)}, seed=seed)
+                            "clean": getattr(clean, "fingerprint", None)}, seed=seed, amp=loaded.amp)
     return store.record_result(key, summary, provenance(loaded.device))["summary"]

@@ -22,18 +22,24 @@ def shift_evaluator(model, name: str) -> Callable[[Batch], list[dict]]:
     return evaluate
 
 
-def shift_spec(loaded, name: str, dataset, *, batch_size: int, seed: int = 0) -> JobSpec:
+def shift_spec(loaded, name: str, dataset, *, batch_size: int, seed: int = 0, workers: int | None = None) -> JobSpec:
     """The job spec of one model on an opened ImageNet-A/R folder; unreadable files skipped go into provenance."""
     key = job_key(model=loaded.name, checkpoint=loaded.checkpoint_id, data=dataset.fingerprint, task=name,
-                  settings={"batch_size": batch_size, "logits": "restricted to the 200 subset classes"}, seed=seed)
+                  settings={"batch_size": batch_size, "logits": "restricted to the 200 subset classes"}, seed=seed,
+                  amp=loaded.amp)
     return JobSpec(key=key, dataset=dataset, evaluate=shift_evaluator(loaded.module, name), batch_size=batch_size,
                    device=loaded.device, description=f"{name} {loaded.name}",
-                   provenance={"skipped_images": dataset.skipped})
+                   provenance={"skipped_images": dataset.skipped}, loader_workers=workers)
 
 
 def run_shift(store, loaded, name: str, root, *, batch_size: int = 64, seed: int = 0, skip_bad_images: bool = False,
-              limit: int | None = None, img_size: int = 224, resize: int = 256, progress: bool = True) -> dict:
-    """Top-1 accuracy of one model on an ImageNet-A/R folder, as a resumable job; returns the stored job row."""
+              limit: int | None = None, img_size: int = 224, resize: int = 256, progress: bool = True,
+              workers: int | None = None) -> dict:
+    """Top-1 accuracy of one model on an ImageNet-A/R folder, as a resumable job; returns the stored job row.
+
+    `workers`: loader processes (None: runner.default_loader_workers).
+    """
     dataset = open_shift_dataset(name, root, img_size=img_size, resize=resize, skip_bad_images=skip_bad_images,
                                  limit=limit)
-    return run(store, shift_spec(loaded, name, dataset, batch_size=batch_size, seed=seed), progress=progress)
+    return run(store, shift_spec(loaded, name, dataset, batch_size=batch_size, seed=seed, workers=workers),
+               progress=progress)
