@@ -84,9 +84,32 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _module_generators(model: torch.nn.Module) -> dict[str, torch.Generator]:
+    """Random generators that modules own for training-time draws (MoM's subsets), by module name."""
+    return {name: module._train_generator for name, module in model.named_modules()
+            if isinstance(getattr(module, "_train_generator", None), torch.Generator)}
+
+
+def _accuracy(model: torch.nn.Module, dataset, device: str, batch_size: int = 256) -> float:
+    """Top-1 accuracy of `model` on a whole in-memory data set, in eval mode (the mode is restored)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            images, labels = dataset.get_batch(torch.arange(start, min(len(dataset), start + batch_size)))
+            correct += int((model(images.to(device)).argmax(1).cpu() == labels).sum())
+    model.train(was_training)
+    return correct / len(dataset)
+
+
 def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = None, progress: bool = True,
-          device: str = "cpu") -> dict:
-    """Train one model (or resume, or reuse a finished checkpoint); return the sidecar record of the result."""
+          device: str = "cpu", eval_set=None) -> dict:
+    """Train one model (or resume, or reuse a finished checkpoint); return the sidecar record of the result.
+
+    With `eval_set` (an in-memory data set, e.g. the test split), each epoch's history also holds the model's
+    accuracy on it: the training curve. Evaluating draws no random numbers, so the weights are the same either way.
+    """
     from safetensors.torch import save_file
 
     from ellbench.data import open_dataset
@@ -126,6 +149,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
             schedule.load_state_dict(state["schedule"])
             generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
+            for name, module_generator in _module_generators(model).items():
+                module_generator.set_state(state["module_generators"][name])
             history = json.loads(state["history"])
             start_epoch = int(state["epoch"])
 
@@ -152,12 +177,15 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
                 seen += len(labels)
                 bar.advance(info=f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f}")
             history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen})
+            if eval_set is not None:
+                history[-1]["test_accuracy"] = _accuracy(model, eval_set, device)
             with atomic_path(state_file) as tmp:
                 torch.save({
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "generator": generator.get_state(),
                     "torch_rng": torch.get_rng_state(), "history": json.dumps(history), "epoch": epoch + 1,
                     "train": json.dumps(settings, sort_keys=True),
+                    "module_generators": {name: g.get_state() for name, g in _module_generators(model).items()},
                 }, tmp)
 
     record = {

@@ -193,14 +193,15 @@ def test_train_writes_a_checkpoint_and_sidecar_and_reuses_them(run_ellbench, tmp
     assert sha256(checkpoint) == digest
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch, one_thread):
+@pytest.mark.parametrize("model", [MICRO, "mom_micro_patch4_32"])  # MoM draws its subsets from its own generator
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch, one_thread, model):
     """Epoch 2 of 2 fails; the re-run restarts from the state file and ends bitwise equal to an unbroken run."""
     from safetensors.torch import load_file
 
     import ellbench.train as training
     from ellbench.train import TrainConfig, checkpoint_path, train
 
-    config = TrainConfig(model=MICRO, dataset="digits", epochs=2, batch_size=8, limit=16, augment="crop")
+    config = TrainConfig(model=model, dataset="digits", epochs=2, batch_size=8, limit=16, augment="crop")
     unbroken = train(config, tmp_path / "unbroken", progress=False)
 
     real_augment, steps = training._augment, []
@@ -228,6 +229,29 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch,
     assert ours.keys() == reference.keys()
     for name, tensor in reference.items():
         assert torch.equal(ours[name], tensor), name
+
+
+def test_training_curve_is_the_test_accuracy_after_each_epoch_and_leaves_the_weights_alone(tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    from ellbench.data import open_dataset
+    from ellbench.models.loading import load_model
+    from ellbench.train import TrainConfig, train
+
+    test_set = open_dataset("digits", "test", limit=40)
+    config = TrainConfig(model=MICRO, dataset="digits", epochs=2, batch_size=16, limit=64)
+    curved = train(config, tmp_path / "curve", progress=False, eval_set=test_set)
+    plain = train(config, tmp_path / "plain", progress=False)
+    assert [sorted(entry) for entry in plain["history"]] == [["epoch", "loss", "train_accuracy"]] * 2
+    assert [{k: v for k, v in e.items() if k != "test_accuracy"} for e in curved["history"]] == plain["history"]
+    ours, reference = load_file(curved["checkpoint"]), load_file(plain["checkpoint"])
+    assert all(torch.equal(ours[name], reference[name]) for name in reference)
+    # the last epoch's point is the final checkpoint's accuracy on the test set, computed here independently
+    model = load_model(MICRO, curved["checkpoint"])
+    images, labels = test_set.get_batch(torch.arange(len(test_set)))
+    with torch.no_grad():
+        expected = int((model(images).argmax(1) == labels).sum()) / len(test_set)
+    assert curved["history"][-1]["test_accuracy"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_attack_with_workers_and_bf16_stores_the_same_rows_as_in_process(run_ellbench, tmp_path):
