@@ -200,3 +200,14 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
     state_file.unlink(missing_ok=True)
     record["checkpoint"] = str(final)
     return record
+
+
+def record_training(store, record: dict, *, checkpoint_id: str) -> dict:
+    """Store a finished training's curve (its sidecar record) as a 'train' result of its checkpoint, for reports."""
+    from ellbench.runner import job_key, provenance
+
+    settings = record["train"]
+    key = job_key(model=record["model"], checkpoint=checkpoint_id, data=record["dataset"], task="train",
+                  settings=settings, seed=settings["seed"])
+    summary = {"history": record["history"], "parameters": record["parameters"], "epochs": settings["epochs"]}
+    return store.record_result(key, summary, provenance())
