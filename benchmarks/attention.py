@@ -7,6 +7,7 @@ this benchmark claims, not the absolute images per second.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention.py                      # CPU, batch 32, 224 px, forward
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention.py --mode train --sizes tiny small
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention.py --mode train --sizes micro --batch 64  # 32 px, the demo's
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention.py --device cuda --amp  # GPU, bfloat16 autocast
 
 The row `DeiT` times a second DeiT against the first: a control, whose ratio should be 1 and whose distance from 1 is
@@ -35,17 +36,23 @@ import torch.nn.functional as F
 import ellbench.models  # noqa: F401  (registers ellbench's models with timm)
 from ellbench.profile import device_name
 
-# One entry per variant: (label, model name with {size}, kwargs that select its explicit reference attention path,
-# or None when the model has no separate reference path). Its baseline is deit_{size}_patch16_224.
+# One entry per variant: (label, model name template, kwargs that select its explicit reference attention path,
+# or None when the model has no separate reference path). Its baseline is DeiT's template at the same size.
 ROWS = [
-    ("DeiT", "deit_{size}_patch16_224", None),
-    ("Elliptical", "elliptical_{size}_patch16_224", {"fused_attn": False}),
-    ("KDE", "kde_{size}_patch16_224", {"fused_attn": False}),
-    ("RKDE", "rkde_{size}_patch16_224", {"fused_attn": False}),
-    ("MoM", "mom_{size}_patch16_224", {"fused_attn": False}),
-    ("RVT", "rvt_{size}", None),
+    ("DeiT", "deit_{size}_{patch}", None),
+    ("Elliptical", "elliptical_{size}_{patch}", {"fused_attn": False}),
+    ("KDE", "kde_{size}_{patch}", {"fused_attn": False}),
+    ("RKDE", "rkde_{size}_{patch}", {"fused_attn": False}),
+    ("MoM", "mom_{size}_{patch}", {"fused_attn": False}),
+    ("RVT", "rvt_{size}{rvt_suffix}", None),
 ]
-SIZES = ("tiny", "small", "base")
+# What fills a template besides the size: ImageNet sizes (224 px) and the small-image micro models (32 px).
+SIZES = {
+    "tiny": dict(patch="patch16_224", rvt_suffix=""),
+    "small": dict(patch="patch16_224", rvt_suffix=""),
+    "base": dict(patch="patch16_224", rvt_suffix=""),
+    "micro": dict(patch="patch4_32", rvt_suffix="_32"),
+}
 MODES = ("forward", "train")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -120,20 +127,26 @@ def build(name: str, device, **kwargs):
     return timm.create_model(name, **kwargs).to(device)
 
 
-def run(sizes, batch: int, img_size: int, repeats: int, warmup: int, device: torch.device, amp: bool,
+def run(sizes, batch: int, img_size: int | None, repeats: int, warmup: int, device: torch.device, amp: bool,
         clock=time.perf_counter, variants=None, mode: str = "forward") -> list[dict]:
+    """Time every row of ROWS (or those in `variants`) at each size; print and return one dict per row."""
     results = []
     for size in sizes:
+        deit_name = ROWS[0][1].format(size=size, **SIZES[size])
+        with torch.device("meta"):  # its configuration only: no weights
+            deit_config = timm.create_model(deit_name).pretrained_cfg
+        side = img_size or deit_config["input_size"][-1]
         generator = torch.Generator().manual_seed(0)
-        images = torch.rand(batch, 3, img_size, img_size, generator=generator).to(device)
-        labels = torch.randint(0, 1000, (batch,), generator=generator).to(device)
+        images = torch.rand(batch, 3, side, side, generator=generator).to(device)
+        labels = torch.randint(0, deit_config["num_classes"], (batch,), generator=generator).to(device)
         for label, template, reference_kwargs in ROWS:
             if variants and label not in variants:
                 continue
-            name = template.format(size=size)
-            models = {"deit": build(f"deit_{size}_patch16_224", device), "fused": build(name, device)}
+            name = template.format(size=size, **SIZES[size])
+            kwargs = {} if img_size is None else {"img_size": img_size}
+            models = {"deit": build(deit_name, device, **kwargs), "fused": build(name, device, **kwargs)}
             if reference_kwargs is not None:
-                models["reference"] = build(name, device, **reference_kwargs)
+                models["reference"] = build(name, device, **kwargs, **reference_kwargs)
             steps = {key: make_pass(model, images, labels, mode, amp) for key, model in models.items()}
             measured = measure(steps, device, repeats, warmup, clock)
             row = dict(label=label, size=size, name=name, mode=mode)
@@ -158,12 +171,12 @@ def format_row(row: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"], choices=list(SIZES))
     parser.add_argument("--variants", nargs="+", choices=[row[0] for row in ROWS], help="default: every row")
     parser.add_argument("--mode", nargs="+", default=["forward"], choices=MODES,
                         help="forward (inference mode) and/or train (forward + backward + AdamW step)")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--img-size", type=int, default=None, help="default: the models' own (224 px; micro 32)")
     parser.add_argument("--repeats", type=int, default=7, help="timed passes per model (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -179,7 +192,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, timm {timm.__version__}, device {device} ({device_name(device)}), "
-          f"threads {torch.get_num_threads()}, batch {args.batch}, {args.img_size} px, "
+          f"threads {torch.get_num_threads()}, batch {args.batch}, {args.img_size or 'native'} px, "
           f"{'bfloat16 autocast' if args.amp else 'float32'}, {args.clock} clock, {args.malloc} malloc, "
           f"median of {args.repeats} interleaved repeats")
     print("| variant | size | mode | DeiT img/s | variant img/s | variant / DeiT | reference img/s | "

@@ -37,13 +37,13 @@ def coordinate_relevance(
 ) -> torch.Tensor:
     """Relevance m [B, H, D_h] of each value coordinate, from this and the previous block's values [B, H, N, D_h].
 
-    Facts file section 1.2: m_hat = mean over tokens of |v_l - v_(l-1)| / delta, then m = m_hat / max_d m_hat, so the
-    largest entry is exactly 1. `delta` (5 in the official vision code) cancels in that division and cannot change
-    the model, so it is accepted for fidelity but not applied. `estimator="median"` takes the median over tokens
-    instead, as the official attack scripts did (section 1.5); for an even token count torch's median is the lower
-    middle value. No gradient flows through m (the official code runs under no_grad on detached inputs). Where every
-    difference is zero the official code divides 0 by 0 and returns NaN; here m is then all ones (plain dot-product
-    attention).
+    As `W_over_layers` in the official code (stefvk/Elliptical-Attention, ImageNet/models.py:217-260, delta=5 at line
+    296): m_hat = mean over tokens of |v_l - v_(l-1)| / delta, then m = m_hat / max_d m_hat, so the largest entry is
+    exactly 1. `delta` cancels in that division and cannot change the model, so it is accepted for fidelity but not
+    applied. `estimator="median"` takes the median over tokens instead, as the official attack scripts did
+    (ImageAttack/models.py, `--grad-median`); for an even token count torch's median is the lower middle value.
+    No gradient flows through m (the official code runs under no_grad on detached inputs). Where every difference is
+    zero the official code divides 0 by 0 and returns NaN; here m is then all ones (plain dot-product attention).
     """
     if estimator not in ESTIMATORS:
         raise EllbenchError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
@@ -113,14 +113,8 @@ class EllipticalAttention(Attention):
     ):
         B, N, C = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
-        # The qkv projection as two matmuls, q and k then v (timm's weights, split by rows): v is carried to the next
-        # block, and as a tensor of its own it does not keep this block's q and k alive until then.
-        rows = [2 * self.attn_dim, self.attn_dim]
-        weight_qk, weight_v = self.qkv.weight.split(rows)
-        bias_qk, bias_v = self.qkv.bias.split(rows) if self.qkv.bias is not None else (None, None)
-        qk = F.linear(x, weight_qk, bias_qk).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = qk.unbind(0)  # each [B, H, N, D_h]
-        v = F.linear(x, weight_v, bias_v).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, D_h]
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each [B, H, N, D_h]
         q, k = self.q_norm(q), self.k_norm(k)
 
         relevance = None
