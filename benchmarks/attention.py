@@ -2,8 +2,9 @@
 
 Two modes: `forward` (inference mode, as `ellbench profile` and the evaluations run) and `train` (forward, backward and
 an AdamW step on random labels, as `ellbench train` and the demo run). All models of one size are timed in the same
-run, interleaved pass by pass with the order rotated, so machine load hits them alike; the printed ratios are what
-this benchmark claims, not the absolute images per second.
+run, interleaved pass by pass with the order rotated, so machine load hits them alike. Images per second are medians
+over the repeats; each ratio is the median over repeats of the two models' speed ratio within the repeat, so that
+load which drifts between repeats cancels. The ratios are what this benchmark claims, not the images per second.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention.py                      # CPU, batch 32, 224 px, forward
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention.py --mode train --sizes tiny small
@@ -110,7 +111,10 @@ def timed(step, device: torch.device, clock) -> tuple[float, int]:
 
 
 def measure(steps: dict, device, repeats: int, warmup: int, clock) -> dict:
-    """Median seconds and minor page faults per pass of each model, timed in turn (order rotated) in every repeat."""
+    """Seconds and minor page faults of every pass of each model: {key: [(seconds, faults) per repeat]}.
+
+    Within a repeat the models run one after the other, in an order rotated from repeat to repeat.
+    """
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -119,8 +123,12 @@ def measure(steps: dict, device, repeats: int, warmup: int, clock) -> dict:
     for repeat in range(repeats):
         for key in keys[repeat % len(keys):] + keys[: repeat % len(keys)]:
             samples[key].append(timed(steps[key], device, clock))
-    return {key: (statistics.median(s for s, _ in values), statistics.median(f for _, f in values))
-            for key, values in samples.items()}  # fmt: skip
+    return samples
+
+
+def paired_speed_ratio(samples: dict, faster: str, slower: str) -> float:
+    """Median over repeats of slower's seconds / faster's seconds in the same repeat: load that drifts cancels."""
+    return statistics.median(b / a for (a, _), (b, _) in zip(samples[faster], samples[slower], strict=True))
 
 
 def build(name: str, device, **kwargs):
@@ -148,10 +156,13 @@ def run(sizes, batch: int, img_size: int | None, repeats: int, warmup: int, devi
             if reference_kwargs is not None:
                 models["reference"] = build(name, device, **kwargs, **reference_kwargs)
             steps = {key: make_pass(model, images, labels, mode, amp) for key, model in models.items()}
-            measured = measure(steps, device, repeats, warmup, clock)
+            samples = measure(steps, device, repeats, warmup, clock)
             row = dict(label=label, size=size, name=name, mode=mode)
-            row |= {key: batch / seconds for key, (seconds, _) in measured.items()}
-            row |= {f"{key}_faults": faults for key, (_, faults) in measured.items()}
+            row |= {key: batch / statistics.median(s for s, _ in values) for key, values in samples.items()}
+            row |= {f"{key}_faults": statistics.median(f for _, f in values) for key, values in samples.items()}
+            row["fused_vs_deit"] = paired_speed_ratio(samples, "fused", "deit")
+            if "reference" in samples:
+                row["fused_vs_reference"] = paired_speed_ratio(samples, "fused", "reference")
             results.append(row)
             print(format_row(results[-1]), flush=True)
             del models, steps
@@ -163,8 +174,8 @@ def format_row(row: dict) -> str:
     faults = " / ".join(f"{row[key + '_faults']:.0f}" for key in ("deit", "fused", "reference") if key in row)
     cells = [
         row["label"], row["size"], row["mode"], f"{row['deit']:.1f}", f"{row['fused']:.1f}",
-        f"{row['fused'] / row['deit']:.3f}", f"{reference:.1f}" if reference else "-",
-        f"{row['fused'] / reference:.3f}" if reference else "-", faults,
+        f"{row['fused_vs_deit']:.3f}", f"{reference:.1f}" if reference else "-",
+        f"{row['fused_vs_reference']:.3f}" if reference else "-", faults,
     ]
     return "| " + " | ".join(cells) + " |"
 
