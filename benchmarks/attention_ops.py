@@ -116,6 +116,10 @@ def main() -> None:
         if deit_calls != calls or abs(ms - deit_ms) > 0.01 * total["deit"]:
             print(f"| {op} | {deit_calls} | {calls} | {deit_ms:.1f} | {ms:.1f} |")
     print(f"| all ops | | | {total['deit']:.1f} | {total['other']:.1f} |")
+    own = {op: ms for op, (_, ms) in other_ops.items() if op not in deit_ops}
+    own_ms = sum(own.values())
+    print(f"ops that DeiT does not run: {own_ms:.1f} ms self CPU, {100 * own_ms / total['deit']:.1f}% of DeiT's total "
+          f"({', '.join(sorted(own, key=own.get, reverse=True)[:6])}, ...)")
     for key in models:
         shapes, elements = copy_shapes(results[key][0])
         print(f"aten::copy_ in {key}: {elements / 1e6:.2f} M elements copied; calls by shape {shapes}")

@@ -12,7 +12,7 @@ On top of timm it repeats the timed run and reports median and spread, times bat
     between identical runs.
 On CPU, peak resident memory is a secondary figure (``peak_rss_mib``): VmHWM of a fresh child process
 (``python -m ellbench.profile``) minus its RSS after imports. It also counts what the C library keeps or maps afresh,
-which depends on the process's history (two identical runs of deit_tiny at batch 32 gave 123.5 and 160.3 MiB).
+which depends on the process's history, so it moves by 10% or more between identical runs.
 
 FLOPs are counted with ``torch.utils.flop_counter`` on one image in float32 on the CPU. Torch's counter gives
 the CPU fused attention kernel 0 FLOPs (pytorch issue #195460) while it counts explicit matmuls, which would bias
@@ -401,10 +401,14 @@ def measure_cpu_memory(model: Callable, images: torch.Tensor, amp: str, weights:
     module whose parameters and buffers are counted, when `model` is a compiled wrapper of it.
     """
     weights = weights if weights is not None else model
-    with torch.inference_mode(), _autocast(images.device, amp):
-        model(images)
-        with torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with torch.inference_mode():
+        with _autocast(images.device, amp):
             model(images)
+        # A fresh autocast context, as in measure_cuda_memory: the low-precision copies of the weights that autocast
+        # caches within one context are made, and counted, during the profiled pass.
+        with torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            with _autocast(images.device, amp):
+                model(images)
     weight_bytes = tensor_bytes([*weights.parameters(), *weights.buffers()])
     input_bytes = tensor_bytes([images])
     activation_bytes = _allocator_peak_bytes(prof)

@@ -151,6 +151,15 @@ def test_cpu_memory_equals_hand_count_of_live_tensors(hidden_activation):
     assert result["peak_memory_mib"] * MIB == weights + 4 * batch * width_in + activations
 
 
+def test_cpu_memory_counts_autocast_copies_by_hand():
+    batch, width_in, width_out = 7, 96, 320
+    layer = nn.Linear(width_in, width_out).eval()
+    result = profile.measure_cpu_memory(layer, torch.rand(batch, width_in), "bf16")
+    # bfloat16 copies of the input, weight and bias, and the bfloat16 output, all alive during the matmul.
+    expected = 2 * (batch * width_in + width_in * width_out + width_out + batch * width_out)
+    assert result["activation_memory_mib"] * MIB == expected
+
+
 def test_cpu_memory_of_deit_repeats_exactly_and_holds_the_mlp_activations():
     model = timm.create_model("deit_tiny_patch16_224").eval()
     images = torch.rand(2, 3, 224, 224)
