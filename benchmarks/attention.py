@@ -12,12 +12,16 @@ load which drifts between repeats cancels. The ratios are what this benchmark cl
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention.py --device cuda --amp  # GPU, bfloat16 autocast
 
 The row `DeiT` times a second DeiT against the first: a control, whose ratio should be 1 and whose distance from 1 is
-the noise floor of the run. Each row also prints the minor page faults of one pass of each model (median). On Linux,
-glibc returns freed memory above a threshold to the kernel and sets that threshold from the sizes freed so far, so
-whether a model's large activations are faulted in afresh on every pass depends on what the process did before, not
-on the model; `--malloc steady` fixes glibc's thresholds (mallopt) so that no pass faults, which isolates the models'
-own cost. On a CPU shared with other work, `--clock cpu --threads 1` times the process's own CPU seconds, which other
-processes disturb far less than wall time (they still share caches and memory bandwidth).
+the noise floor of the run. Each row also prints the minor page faults of one pass of each model (median).
+
+Memory allocator: glibc maps large blocks afresh and trims the top of its heap above thresholds that it raises from the
+sizes freed so far, so whether a model's 5-40 MB activations are faulted in anew on every pass depends on the process's
+history, not on the model: the same three models in the same order took 0 to 180 thousand faults per pass from one
+process to the next here, roughly 15% of a pass's time at the high end (tiny, batch 32). By default (`--malloc
+steady`) this script fixes both glibc thresholds (mallopt), so that no pass faults and the ratios measure the models;
+`--malloc default` leaves glibc as it is, to see what a plain process gets. On a CPU shared with other work, `--clock
+cpu --threads 1` times the process's own CPU seconds, which other processes disturb far less than wall time (they
+still share caches and memory bandwidth).
 
 Targets (issue 19): Elliptical / DeiT >= 0.97 forward at tiny, small and base, >= 0.95 train at tiny and small;
 fused / reference >= 1.1 on CPU.
@@ -194,8 +198,9 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--clock", choices=CLOCKS, default="wall", help="wall time, or this process's CPU time")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--malloc", choices=("default", "steady"), default="default",
-                        help="steady: fix glibc's trim and mmap thresholds so that no pass page-faults")
+    parser.add_argument("--malloc", choices=("steady", "default"), default="steady",
+                        help="steady: fix glibc's trim and mmap thresholds so that no pass page-faults; "
+                        "default: glibc's own, history-dependent thresholds")
     args = parser.parse_args()
     if args.malloc == "steady" and not steady_glibc_malloc():
         parser.error("--malloc steady needs glibc's mallopt, which this C library does not have")
