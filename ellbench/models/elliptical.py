@@ -48,7 +48,7 @@ def coordinate_relevance(
     if estimator not in ESTIMATORS:
         raise EllbenchError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     with torch.no_grad():
-        change = (values.detach() - prev_values.detach()).abs_()  # [B, H, N, D_h]
+        change = (values - prev_values).abs_()  # [B, H, N, D_h]
         # The mean, not the sum, keeps float16 in range for long sequences; its 1 / N cancels like delta.
         m_hat = change.mean(dim=-2) if estimator == "mean" else change.median(dim=-2).values  # [B, H, D_h]
         # All-zero change: 0 / 0 = NaN in every coordinate, which becomes the unit metric.
