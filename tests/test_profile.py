@@ -132,17 +132,56 @@ def test_latency_median_and_p90_match_numpy_on_known_durations():
     assert np.percentile(durations_ms, 90) <= result["latency_ms_p90"] < np.percentile(durations_ms, 90) + 8
 
 
-def test_cpu_peak_memory_grows_with_batch_size_in_fresh_children():
+@pytest.mark.parametrize("hidden_activation", [False, True])
+def test_cpu_memory_equals_hand_count_of_live_tensors(hidden_activation):
+    batch, width_in, hidden, width_out = 7, 100, 300, 50
+    layers = [nn.Linear(width_in, hidden), nn.Linear(hidden, width_out)]
+    if hidden_activation:
+        layers.insert(1, nn.ReLU())
+    model = nn.Sequential(*layers).eval()
+    images = torch.rand(batch, width_in)
+    result = profile.measure_cpu_memory(model, images, "off")
+    weights = 4 * (width_in * hidden + hidden + hidden * width_out + width_out)
+    # At the peak: the hidden layer and the output (Linear, Linear), or the hidden layer before and after the ReLU,
+    # which nn.Sequential frees only once the ReLU has returned (Linear, ReLU, Linear).
+    activations = 4 * batch * (2 * hidden if hidden_activation else hidden + width_out)
+    assert result["model_memory_mib"] * MIB == weights
+    assert result["input_memory_mib"] * MIB == 4 * batch * width_in
+    assert result["activation_memory_mib"] * MIB == activations
+    assert result["peak_memory_mib"] * MIB == weights + 4 * batch * width_in + activations
+
+
+def test_cpu_memory_counts_autocast_copies_by_hand():
+    batch, width_in, width_out = 7, 96, 320
+    layer = nn.Linear(width_in, width_out).eval()
+    result = profile.measure_cpu_memory(layer, torch.rand(batch, width_in), "bf16")
+    # bfloat16 copies of the input, weight and bias, and the bfloat16 output, all alive during the matmul.
+    expected = 2 * (batch * width_in + width_in * width_out + width_out + batch * width_out)
+    assert result["activation_memory_mib"] * MIB == expected
+
+
+def test_cpu_memory_of_deit_repeats_exactly_and_holds_the_mlp_activations():
+    model = timm.create_model("deit_tiny_patch16_224").eval()
+    images = torch.rand(2, 3, 224, 224)
+    first = profile.measure_cpu_memory(model, images, "off")
+    second = profile.measure_cpu_memory(model, images, "off")
+    assert first == second
+    assert first["model_memory_mib"] * MIB == 5_717_416 * 4
+    # fc1's output and GELU's output [B, 197, 768] are alive together in every block's MLP.
+    assert first["activation_memory_mib"] * MIB >= 2 * 2 * 197 * 768 * 4
+
+
+def test_cpu_peak_rss_grows_with_batch_size_in_fresh_children():
     settings = dict(name="deit_tiny_patch16_224", img_size=None, num_classes=None, amp="off", compile=False, threads=1,
                     fused_attn=None, seed=0, checkpoint=None)  # fmt: skip
-    one = profile.measure_cpu_memory({**settings, "batch_size": 1})
-    sixteen = profile.measure_cpu_memory({**settings, "batch_size": 16})
+    one = profile.measure_cpu_rss({**settings, "batch_size": 1})
+    sixteen = profile.measure_cpu_rss({**settings, "batch_size": 16})
     weights_mib = 5_717_416 * 4 / MIB
     # Batch 16 holds 15 more input images and 15 more MLP hidden activations [197, 768] at its peak, at the least.
     extra_mib = 15 * (3 * 224 * 224 + 197 * 768) * 4 / MIB
-    assert one["model_memory_mib"] >= weights_mib
-    assert one["peak_memory_mib"] >= weights_mib
-    assert sixteen["peak_memory_mib"] - one["peak_memory_mib"] >= extra_mib
+    assert one["model_rss_mib"] >= weights_mib
+    assert one["peak_rss_mib"] >= weights_mib
+    assert sixteen["peak_rss_mib"] - one["peak_rss_mib"] >= extra_mib
 
 
 def test_profile_model_records_settings_and_counts():
@@ -158,7 +197,10 @@ def test_profile_model_records_settings_and_counts():
     # 4 patches + CLS in the position embedding, 10 classes in the head
     assert result["params"] == deit_tiny_params() - (197 - 5) * 192 - (1000 - 10) * (192 + 1)
     assert result["throughput_img_s"] > 0 and result["latency_ms_p90"] >= result["latency_ms_median"] * 0.5
-    assert result["peak_memory_mib"] > result["params"] * 4 / MIB  # from the child process: weights are resident
+    assert result["model_memory_mib"] * MIB == result["params"] * 4  # no buffers in a DeiT
+    input_bytes = 2 * 3 * 32 * 32 * 4
+    assert result["peak_memory_mib"] * MIB == result["params"] * 4 + input_bytes + result["activation_memory_mib"] * MIB
+    assert result["peak_rss_mib"] > result["params"] * 4 / MIB  # from the child process: weights are resident
     assert result["device"] == "cpu" and "attention" in result["flops_counting"]
 
 
