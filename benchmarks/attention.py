@@ -28,8 +28,6 @@ fused / reference >= 1.1 on CPU.
 """
 
 import argparse
-import ctypes
-import ctypes.util
 import resource
 import statistics
 import time
@@ -39,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import ellbench.models  # noqa: F401  (registers ellbench's models with timm)
+from ellbench.malloc import steady_malloc
 from ellbench.profile import device_name
 
 # One entry per variant: (label, model name template, kwargs that select its explicit reference attention path,
@@ -60,21 +59,6 @@ SIZES = {
 }
 MODES = ("forward", "train")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-# glibc's mallopt parameters (malloc.h): with both thresholds fixed, glibc neither maps large blocks afresh nor
-# trims the heap, so a pass reuses the memory of the pass before.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-LARGEST_MALLOPT_VALUE = 2**31 - 1
-
-
-def steady_glibc_malloc() -> bool:
-    """Fix glibc's trim and mmap thresholds at their largest value; False where the C library has no mallopt."""
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is None or not hasattr(libc, "mallopt"):
-        return False
-    return all(libc.mallopt(param, LARGEST_MALLOPT_VALUE) == 1 for param in (M_TRIM_THRESHOLD, M_MMAP_THRESHOLD))
-
 
 def make_pass(model, images, labels, mode: str, amp: bool):
     """One forward pass (inference mode) or one training step (forward, backward, AdamW step) as a 0-argument call."""
@@ -202,7 +186,7 @@ def main() -> None:
                         help="steady: fix glibc's trim and mmap thresholds so that no pass page-faults; "
                         "default: glibc's own, history-dependent thresholds")
     args = parser.parse_args()
-    if args.malloc == "steady" and not steady_glibc_malloc():
+    if args.malloc == "steady" and not steady_malloc():
         parser.error("--malloc steady needs glibc's mallopt, which this C library does not have")
     if args.threads:
         torch.set_num_threads(args.threads)

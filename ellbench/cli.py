@@ -519,7 +519,9 @@ def profile_command(
     reference_attn: bool = typer.Option(False, "--reference-attn", help="Time the explicit reference attention "
                                         "(fused_attn=False) instead of each model's fused path."),
     checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
-    memory: bool = typer.Option(True, help="Measure peak memory (CPU: a fresh child process per model)."),
+    memory: bool = typer.Option(True, help="Measure peak memory: the peak bytes of live tensors during one forward "
+                                "pass, weights and input included (CUDA: max_memory_allocated; CPU: torch's allocator "
+                                "through its profiler, the same figure), and on CPU peak RSS as a secondary column."),
     seed: int = typer.Option(0, help=SEED_HELP),
     out: Path = typer.Option(None, help=OUT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the measurements as JSON."),
@@ -552,7 +554,8 @@ def profile_command(
     if as_json:
         _print_json(results)
         return
-    keys = ("model", "params", "gflops_per_image", "throughput_img_s", "latency_ms_median", "peak_memory_mib")
+    keys = ("model", "params", "gflops_per_image", "throughput_img_s", "latency_ms_median", "peak_memory_mib",
+            "peak_rss_mib")
     _print_rows([{k: r.get(k) for k in keys} for r in results],
                 f"efficiency on {results[0].get('device_name')} (batch {batch_size}, {results[0].get('threads')} "
                 "threads)")

@@ -42,7 +42,7 @@ from torch.profiler import ProfilerActivity
 from torch.profiler import profile as torch_profile
 from torch.utils.flop_counter import FlopCounterMode
 
-import ellbench
+from ellbench._version import __version__
 from ellbench.errors import EllbenchError
 from ellbench.models.factory import family_of
 from ellbench.models.loading import load_model
@@ -134,19 +134,12 @@ def fused_attention_state(model: nn.Module) -> str:
 
 
 def resolve_device(device: str) -> torch.device:
-    """Parse 'cpu', 'cuda' or 'cuda:N'; a CUDA device without a usable GPU is a user error."""
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise EllbenchError(f"unknown device '{device}' (use cpu, cuda or cuda:N)") from error
-    if resolved.type not in ("cpu", "cuda"):
-        raise EllbenchError(f"unsupported device '{device}' (use cpu, cuda or cuda:N)")
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EllbenchError(f"--device {device} was requested but no CUDA GPU is available on this machine")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise EllbenchError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    return resolved
+    """'cpu', 'cuda' or 'cuda:N' as a torch.device (ellbench.models.loading.resolve_device checks it)."""
+    from ellbench.models.loading import resolve_device as check_device
+
+    if device == "auto":
+        raise EllbenchError("profile needs a device named outright: cpu, cuda or cuda:N")
+    return torch.device(check_device(device))
 
 
 def _check_settings(batch_size, img_size, amp, threads, repeats, warmup, steps, latency_steps) -> None:
@@ -529,7 +522,7 @@ def _describe(model, build: dict, side: int, device: torch.device, amp: str, com
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None,
         "torch_version": torch.__version__,
         "timm_version": timm.__version__,
-        "ellbench_version": ellbench.__version__,
+        "ellbench_version": __version__,
     }
 
 

@@ -1,7 +1,6 @@
 """Tests of ellbench.profile against analytic counts, a hand parameter count and known sleep times."""
 
 import os
-import time
 
 import numpy as np
 import pytest
@@ -100,36 +99,56 @@ def test_parameters_equal_hand_count_and_sum_of_numel():
     assert profile.count_parameters(model) == sum(tensor.numel() for tensor in state.values())
 
 
-class Sleeper(nn.Module):
-    """A 'model' whose forward sleeps for the next duration of a fixed cycle."""
+class VirtualClock:
+    """A perf_counter stand-in: time moves only when a Sleeper says so, so timings are exact whatever the load."""
 
-    def __init__(self, durations_s):
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Sleeper(nn.Module):
+    """A 'model' whose forward takes the next duration of a fixed cycle on the virtual clock."""
+
+    def __init__(self, durations_s, clock: VirtualClock):
         super().__init__()
         self.durations_s = list(durations_s)
+        self.clock = clock
         self.calls = 0
 
     def forward(self, x):
-        time.sleep(self.durations_s[self.calls % len(self.durations_s)])
+        self.clock.now += self.durations_s[self.calls % len(self.durations_s)]
         self.calls += 1
         return x
 
 
-def test_throughput_matches_known_step_time():
+@pytest.fixture
+def clock(monkeypatch):
+    virtual = VirtualClock()
+    monkeypatch.setattr(profile.time, "perf_counter", virtual)
+    return virtual
+
+
+def test_throughput_matches_known_step_time(clock):
     images = torch.rand(4, 3, 8, 8)
-    result = profile.measure_throughput(Sleeper([0.02]), images, warmup=1, steps=3, repeats=2)
-    assert 4 / 0.02 * 0.7 < result["throughput_img_s"] <= 4 / 0.02 * 1.01  # sleep only ever overshoots
-    assert len(result["throughput_runs_img_s"]) == 2
-    assert result["throughput_min_img_s"] <= result["throughput_img_s"] <= result["throughput_max_img_s"]
+    result = profile.measure_throughput(Sleeper([0.02, 0.02, 0.02, 0.04], clock), images, warmup=1, steps=3,
+                                        repeats=2)
+    # warm-up takes call 0; repeat 1 times calls 1-3 (0.02, 0.02, 0.04 s), repeat 2 calls 4-6 (0.02 s each)
+    assert result["throughput_runs_img_s"] == pytest.approx([12 / 0.08, 12 / 0.06])
+    assert result["throughput_img_s"] == pytest.approx((12 / 0.08 + 12 / 0.06) / 2)
+    assert (result["throughput_min_img_s"], result["throughput_max_img_s"]) == pytest.approx((150.0, 200.0))
     assert result["step_time_ms"] == pytest.approx(1000 * 4 / result["throughput_img_s"])
 
 
-def test_latency_median_and_p90_match_numpy_on_known_durations():
+def test_latency_median_and_p90_match_numpy_on_known_durations(clock):
     durations_ms = [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
-    model = Sleeper([d / 1000 for d in durations_ms])
+    model = Sleeper([d / 1000 for d in durations_ms], clock)
     result = profile.measure_latency(model, torch.rand(1, 3, 8, 8), warmup=0, steps=10)
     assert result["latency_steps"] == 10
-    assert np.median(durations_ms) <= result["latency_ms_median"] < np.median(durations_ms) + 8
-    assert np.percentile(durations_ms, 90) <= result["latency_ms_p90"] < np.percentile(durations_ms, 90) + 8
+    assert result["latency_ms_median"] == pytest.approx(np.median(durations_ms))
+    assert result["latency_ms_p90"] == pytest.approx(np.percentile(durations_ms, 90))
 
 
 @pytest.mark.parametrize("hidden_activation", [False, True])
@@ -196,7 +215,11 @@ def test_profile_model_records_settings_and_counts():
     assert result["flops_per_image"] == 2 * deit_macs(32, classes=10)
     # 4 patches + CLS in the position embedding, 10 classes in the head
     assert result["params"] == deit_tiny_params() - (197 - 5) * 192 - (1000 - 10) * (192 + 1)
-    assert result["throughput_img_s"] > 0 and result["latency_ms_p90"] >= result["latency_ms_median"] * 0.5
+    # two timed repeats of two steps: the figure is their median, and the step time is its inverse
+    runs = result["throughput_runs_img_s"]
+    assert len(runs) == 2 and result["throughput_img_s"] == pytest.approx(sum(runs) / 2)
+    assert result["step_time_ms"] == pytest.approx(1000 * 2 / result["throughput_img_s"])
+    assert result["latency_steps"] == 3 and result["latency_ms_p90"] >= result["latency_ms_median"] > 0
     assert result["model_memory_mib"] * MIB == result["params"] * 4  # no buffers in a DeiT
     input_bytes = 2 * 3 * 32 * 32 * 4
     assert result["peak_memory_mib"] * MIB == result["params"] * 4 + input_bytes + result["activation_memory_mib"] * MIB

@@ -1,14 +1,14 @@
 """Elliptical Attention (Nielsen, Abdullaev, Teo, Nguyen; NeurIPS 2024) in DeiT, registered with timm.
 
-Attention with a Mahalanobis metric M = diag(m), one per sample and head (paper: H = softmax(Q M K^T / sqrt(D_h)) V;
-facts file section 1.1). The coordinate relevance m is estimated without parameters from how much each value
-coordinate changes between consecutive blocks (section 1.2)::
+Attention with a Mahalanobis metric M = diag(m), one per sample and head (the paper's H = softmax(Q M K^T / sqrt(D_h)) V;
+stefvk/Elliptical-Attention ImageNet/models.py:300-302). The coordinate relevance m is estimated without parameters
+from how much each value coordinate changes between consecutive blocks (`W_over_layers`, ImageNet/models.py:217-260)::
 
     m_hat_d = mean_n |v_l[n, d] - v_(l-1)[n, d]| / delta      m = m_hat / max_d m_hat
 
 so the previous block's values must reach the next block: here every block returns `(x, values)` and
 `EllipticalVisionTransformer` threads them through its loop over blocks; block 0 sees none and uses plain dot-product
-attention, as in the official code (section 1.3).
+attention, as in the official code (`MahalaVisionTransformer`, ImageNet/models.py:471-570, `--M-positions 1 .. 11`).
 
 Models: `elliptical_{tiny,tiny6h,small,base}_patch16_224` (DeiT sizes; tiny6h is the paper's heads ablation) and
 `elliptical_micro_patch4_32` (8-32 px inputs). They exist in timm's registry once ellbench is imported.
@@ -70,7 +70,7 @@ def elliptical_attention(
 
     `relevance=None` is plain dot-product attention. The fused path uses q M K^T = (q * m) K^T, since M is diagonal,
     and hands the product to `F.scaled_dot_product_attention` (flash / memory-efficient / CPU kernels). The reference
-    path builds M with diag_embed and the explicit softmax, as the official code does (facts file section 1.4).
+    path builds M with diag_embed and the explicit softmax, as the official code does (ImageNet/models.py:296-305).
     """
     if fused:
         if relevance is not None:
