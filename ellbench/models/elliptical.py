@@ -1,8 +1,9 @@
 """Elliptical Attention (Nielsen, Abdullaev, Teo, Nguyen; NeurIPS 2024) in DeiT, registered with timm.
 
-Attention with a Mahalanobis metric M = diag(m), one per sample and head (the paper's H = softmax(Q M K^T / sqrt(D_h)) V;
-stefvk/Elliptical-Attention ImageNet/models.py:300-302). The coordinate relevance m is estimated without parameters
-from how much each value coordinate changes between consecutive blocks (`W_over_layers`, ImageNet/models.py:217-260)::
+Attention with a Mahalanobis metric M = diag(m), one per sample and head (the paper's
+H = softmax(Q M K^T / sqrt(D_h)) V; stefvk/Elliptical-Attention ImageNet/models.py:300-302). The coordinate
+relevance m is estimated without parameters from how much each value coordinate changes between consecutive blocks
+(`W_over_layers`, ImageNet/models.py:217-260)::
 
     m_hat_d = mean_n |v_l[n, d] - v_(l-1)[n, d]| / delta      m = m_hat / max_d m_hat
 
