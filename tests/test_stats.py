@@ -169,7 +169,7 @@ def test_reference_tables_name_real_models_and_known_protocols():
         assert table["value"].notna().all() and (table["value"] > 0).all()
         assert set(table["protocol"]) <= {"paper", "clean", "unclear", "wikitext103-wordswap"}
         vision = table[table["protocol"] != "wikitext103-wordswap"]
-        assert set(vision["attack"]) <= {"clean", "PGD", "FGSM", "SPSA", "AutoAttack"}
+        assert set(vision["attack"]) <= {"clean", "PGD", "FGSM", "SPSA-cleverhans", "AutoAttack"}
         assert (vision["value"] <= 100).all()  # accuracies in percent
         assert vision["model"].str.split("+").str[0].map(timm.is_model).all()
         budgets = table["eps"].dropna() * 255
