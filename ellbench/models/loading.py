@@ -280,7 +280,13 @@ def _takes_image_size(name: str) -> bool:
         model = timm.create_model(name)
     except (RuntimeError, TypeError, ValueError):
         return True  # let the real build report the problem
-    return "img_size" in inspect.signature(type(model).__init__).parameters
+    for cls in type(model).__mro__:  # a subclass may pass **kwargs on to its parent's constructor
+        parameters = inspect.signature(cls.__init__).parameters
+        if "img_size" in parameters:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return False
+    return False
 
 
 def load_model(name: str, checkpoint: str | Path | Checkpoint | None = None, *, seed: int = 0, **kwargs):
