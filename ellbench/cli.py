@@ -244,11 +244,16 @@ def _overrides(img_size: int | None, crop_pct: float | None, interpolation: str 
     return TransformOverrides(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
 
 
-def _check_weights(model: str, checkpoint: str | None, pretrained: bool) -> None:
-    _check_model(model)
+def _check_inputs(checkpoint: str | None, pretrained: bool, data: str | None = None) -> None:
+    """Weights and data named on the command line, checked before any heavy import (the model name is checked when
+    it is built)."""
     _check_file(checkpoint, "checkpoint")
     if pretrained and checkpoint is not None:
         raise EllbenchError("give either --pretrained (timm's published weights) or --checkpoint, not both")
+    from ellbench.data import check_folder, is_builtin
+
+    if data is not None and not is_builtin(data):
+        check_folder(data)
 
 
 def _model_and_data(model: str, data: str, *, checkpoint: str | None, pretrained: bool, data_root: str | None,
@@ -332,7 +337,7 @@ def eval_command(
     _check_common(batch_size, seed, limit)
     _check_device(device)
     overrides = _overrides(img_size, crop_pct, interpolation)
-    _check_weights(model, checkpoint, pretrained)
+    _check_inputs(checkpoint, pretrained, data)
     if save_logits is not None and save_logits.suffix != ".npy":
         raise EllbenchError(f"--save-logits writes a .npy file; got {save_logits}")
     out_dir = _out_dir(out)
@@ -407,7 +412,7 @@ def attack_command(
         if param:
             raise EllbenchError("--param needs --attack")
         entries = load_suite(suite or "quick")
-    _check_weights(model, checkpoint, pretrained)
+    _check_inputs(checkpoint, pretrained, data)
     out_dir = _out_dir(out)
     from ellbench.tasks.attack import run_attack_suite
     from ellbench.tasks.eval import run_clean
@@ -470,7 +475,7 @@ def corrupt_command(
     _check_suite("corruptions", suite)
     _check_choice(baseline, ("hendrycks", "robustbench"), "baseline")
     overrides = _overrides(img_size, crop_pct, interpolation)
-    _check_weights(model, checkpoint, pretrained)
+    _check_inputs(checkpoint, pretrained, data)
     from ellbench.corruptions.suite import load_suite
 
     chosen = load_suite(suite)
@@ -546,7 +551,7 @@ def shift_command(
     _check_device(device)
     _check_choice(dataset, ("imagenet-a", "imagenet-r"), "shift data set")
     overrides = _overrides(img_size, crop_pct, interpolation)
-    _check_weights(model, checkpoint, pretrained)
+    _check_inputs(checkpoint, pretrained)
     if not Path(data).is_dir():
         raise EllbenchError(f"data folder {data} not found")
     out_dir = _out_dir(out)
@@ -587,7 +592,7 @@ def collapse_command(
     _check_common(batch_size, seed, limit)
     _check_device(device)
     overrides = _overrides(img_size, crop_pct, interpolation)
-    _check_weights(model, checkpoint, pretrained)
+    _check_inputs(checkpoint, pretrained, data)
     out_dir = _out_dir(out)
     from ellbench.tasks.collapse import run_collapse
 
@@ -742,7 +747,8 @@ def main() -> None:
     """Console entry point: one-line errors (exit 2) for bad input, never a traceback."""
     from typer._click import exceptions as click_exceptions  # typer vendors click
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # No HF_HUB_OFFLINE default here: only --pretrained or a tagged model name asks the hub for anything, and then a
+    # user with a network should get the weights (offline machines set HF_HUB_OFFLINE=1 themselves).
     try:
         code = app(standalone_mode=False)
     except EllbenchError as exc:

@@ -1,5 +1,7 @@
 """A model's own evaluation transform for image folders: timm's, with the output left in [0, 1].
 
+Light to import (the CLI checks options with it): torch and timm load only when a transform is built or resolved.
+
 The settings (input size, interpolation, crop_pct, crop_mode) come from timm exactly as its validate.py resolves
 them (huggingface/pytorch-image-models, validate.py: `resolve_input_data_config(model, args,
 use_test_size=True)`), so a model whose pretrained config names a test size (resnet18.a1_in1k: 288 px, crop 1.0) is
@@ -12,9 +14,6 @@ is bit for bit what timm's normalising transform gives, normalised later.
 from __future__ import annotations
 
 import dataclasses
-
-import numpy as np
-import torch
 
 from ellbench.errors import EllbenchError
 
@@ -88,13 +87,13 @@ class EvalTransform:
                                 interpolation=self.interpolation, crop_pct=self.crop_pct, crop_mode=self.crop_mode,
                                 mean=self.mean, normalize=False)
 
-    def pixels(self, image) -> np.ndarray:
+    def pixels(self, image):
         """A PIL RGB image resized and cropped: uint8 [H, W, 3]."""
         return _timm_transform(self)(image).permute(1, 2, 0).numpy()
 
-    def __call__(self, image) -> torch.Tensor:
-        """A PIL RGB image -> float32 [3, H, W] in [0, 1]."""
-        return _timm_transform(self)(image).to(torch.float32).div_(255.0)
+    def __call__(self, image):
+        """A PIL RGB image -> float32 [3, H, W] in [0, 1] (a torch tensor)."""
+        return _timm_transform(self)(image).float().div_(255.0)
 
 
 _BUILT: dict[EvalTransform, object] = {}

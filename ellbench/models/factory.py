@@ -145,7 +145,7 @@ def _create(name: str, pretrained: bool, model_kwargs: dict) -> nn.Module:
     except OSError as error:  # the hub's LocalEntryNotFoundError, no network, no file: all OSErrors
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
         why = "are not in the Hugging Face cache and HF_HUB_OFFLINE is set" if offline else \
-            f"could not be fetched ({_first_line(error)})"
+            f"could not be fetched ({_first_line(error)}; without a network set HF_HUB_OFFLINE=1 to fail at once)"
         hub_id = getattr(cfg, "hf_hub_id", None)
         fetch = f"`hf download {hub_id}` (or any timm.create_model(..., pretrained=True)) on a machine with network " \
             "into the same cache (HF_HOME)" if hub_id else f"download {source} on a machine with network"
