@@ -304,7 +304,8 @@ def _transform_of(dataset) -> str:
 
 
 def _title(loaded, dataset) -> str:
-    return f"{loaded.name} on {dataset.name} ({len(dataset)} examples; {_transform_of(dataset)})"
+    transform = getattr(dataset, "transform_description", None)
+    return f"{loaded.name} on {dataset.name} ({len(dataset)} examples)" + (f", {transform}" if transform else "")
 
 
 @app.command("eval")
@@ -399,6 +400,7 @@ def attack_command(
     _check_device(device)
     _check_suite("attacks", suite)
     overrides = _overrides(img_size, crop_pct, interpolation)
+    _check_inputs(checkpoint, pretrained, data)
     _check_choice(protocol, ("standard", "paper"), "protocol")
     from ellbench.attacks.checks import format_eps
     from ellbench.attacks.suite import load_suite, make_entries, parse_params
@@ -412,7 +414,6 @@ def attack_command(
         if param:
             raise EllbenchError("--param needs --attack")
         entries = load_suite(suite or "quick")
-    _check_inputs(checkpoint, pretrained, data)
     out_dir = _out_dir(out)
     from ellbench.tasks.attack import run_attack_suite
     from ellbench.tasks.eval import run_clean
