@@ -194,6 +194,27 @@ def test_save_logits_of_a_resumed_job_covers_every_example(photos, tmp_path):
     assert np.abs(np.load(tmp_path / "l.npy") - expected).max() <= 1e-4
 
 
+def test_the_transform_is_in_the_job_key_and_the_report(two_photos, tmp_path):
+    from typer.testing import CliRunner
+
+    from ellbench.cli import app
+    from ellbench.store import Store
+
+    out = str(tmp_path / "out")
+    own = ellbench("eval", "deit_tiny_patch16_224", "--data", str(two_photos), "--out", out)
+    other = ellbench("eval", "deit_tiny_patch16_224", "--data", str(two_photos), "--crop-pct", "0.8", "--out", out)
+    assert own["job"] != other["job"]
+    store = Store.in_folder(out)
+    assert store.get_job(own["job"])["settings"]["transform"] == "timm eval 224x224 bicubic crop_pct 0.9 center"
+    assert store.get_job(other["job"])["settings"]["transform"] == "timm eval 224x224 bicubic crop_pct 0.8 center"
+    store.close()
+    result = CliRunner().invoke(app, ["report", "--out", out, "--format", "md"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "out" / "results.md").read_text()
+    section = text.split("## Image transforms", 1)[1].split("##", 1)[0]
+    assert "crop_pct 0.9" in section and "crop_pct 0.8" in section
+
+
 # --- top-5 with few classes -------------------------------------------------------------------------------------
 
 def test_top5_is_capped_at_the_number_of_classes_as_timm_caps_it():

@@ -319,7 +319,7 @@ def load_for_eval(name: str, checkpoint: str | Path | None = None, *, pretrained
     with published weights is named with its tag (deit_small_patch16_224 -> deit_small_patch16_224.fb_in1k).
     """
     from ellbench.distributed import local_device
-    from ellbench.models.factory import has_tag
+    from ellbench.models.factory import has_tag, published_weights
 
     device = local_device(resolve_device(device))
     if pretrained and checkpoint is not None:
@@ -331,17 +331,13 @@ def load_for_eval(name: str, checkpoint: str | Path | None = None, *, pretrained
             and dataset.image_size < 64 and not kwargs:
         kwargs = model_kwargs_for(name, dataset.image_size, dataset.num_classes)
     module = load_model(name, read, seed=seed, pretrained=published or None, input_size=input_size, **kwargs)
-    module.eval().to(device)
     if read is None and not published:
-        return LoadedModel(name=name, module=module, checkpoint_id=f"random-init:seed={seed}", device=device,
-                           weights=f"random init (seed {seed})")
-    checkpoint_id = f"sha256:{weights_sha256(module.model.state_dict())}"
-    if published:
+        checkpoint_id, weights = f"random-init:seed={seed}", f"random init (seed {seed})"
+    else:
+        checkpoint_id = f"sha256:{weights_sha256(module.model.state_dict())}"  # the tensors as loaded, on the CPU
+        weights = f"checkpoint {read.path}" if read else f"timm's published weights ({published_weights(name)})"
+    if published and module.model.pretrained_cfg.get("tag"):
         cfg = module.model.pretrained_cfg
-        name = f"{cfg.get('architecture') or name.split('.')[0]}.{cfg['tag']}" if cfg.get("tag") else name
-        from ellbench.models.factory import published_weights
-
-        return LoadedModel(name=name, module=module, checkpoint_id=checkpoint_id, device=device,
-                           weights=f"timm's published weights ({published_weights(name)})")
-    return LoadedModel(name=name, module=module, checkpoint_id=checkpoint_id, device=device,
-                       weights=f"checkpoint {read.path}")
+        name = f"{cfg.get('architecture') or name.split('.')[0]}.{cfg['tag']}"
+    module.eval().to(device)
+    return LoadedModel(name=name, module=module, checkpoint_id=checkpoint_id, device=device, weights=weights)
