@@ -423,3 +423,24 @@ def test_top5_sits_beside_top1_for_clean_and_attacks(report):
     long = pd.read_csv(out / "results_long.csv")
     assert set(long.loc[long["label"].str.endswith("top-5"), "task"]) == {"clean", "attack"}
     assert (long.loc[long["label"].str.endswith("top-5"), "value"] >= 0).all()
+
+
+def test_top5_results_sit_beside_top5_reference_numbers(tmp_path):
+    store = Store.in_folder(tmp_path)
+    model = "deit_tiny_patch16_224"
+    add_job(store, model=model, task="clean", settings={}, correct=[1, 0, 0, 0],
+            extras=[{"top5": 1}, {"top5": 1}, {"top5": 1}, {"top5": 0}])
+    add_job(store, model=model, task="attack", settings=paper_pgd(1 / 255), correct=[1, 0, 0, 0],
+            extras=[{"top5": 1}, {"top5": 1}, {"top5": 0}, {"top5": 0}])
+    long, _ = long_results(store)
+    table, _ = reference_comparison(long)
+    by_metric = table.set_index("metric")
+    with open(resource_path("reference", "rkde_repo_logs.csv")) as handle:
+        logged = [r for r in csv.DictReader(handle) if r["model"] == model and r["metric"] in ("top1", "top5")]
+    for label, attack, metric, ours in (("clean", "clean", "top1", 25.0), ("clean top-5", "clean", "top5", 75.0),
+                                        ("PGD 1/255 (paper) top-5", "PGD", "top5", 50.0)):
+        expected = [r for r in logged if r["attack"] == attack and r["metric"] == metric
+                    and (attack == "clean" or math.isclose(float(r["eps"]), 1 / 255))]
+        assert expected, f"no {metric} reference row for {attack}"
+        assert by_metric.loc[label, "ellbench_pct"] == ours
+        assert by_metric.loc[label, "reference_pct"] == "; ".join(f"{float(r['value']):.2f}" for r in expected)
