@@ -1,7 +1,8 @@
 """`ellbench demo`: the whole product offline, on a built-in data set, in minutes (and the Fashion-MNIST study).
 
 Stages, each through the same library function its own command uses (so the demo is also an end-to-end check):
-train every family at the small-image size with the same budget -> clean accuracy -> attack suites -> corruption
+train every family at the small-image size with the same budget -> clean top-1/top-5 (`ellbench eval`'s
+run_eval) -> attack suites -> corruption
 suite -> representation collapse -> efficiency profile -> report (tables, plots, paired statistics).
 With several seeds every family is trained once per seed, and the report gives mean, std and n per cell.
 """
@@ -64,7 +65,7 @@ def run_demo(out_dir: Path, plan: DemoPlan, *, data_root: str | None = None, pro
     from ellbench.tasks.attack import run_attack_suite
     from ellbench.tasks.collapse import run_collapse
     from ellbench.tasks.corruption import corrupted_datasets, run_corruption_suite
-    from ellbench.tasks.eval import run_clean
+    from ellbench.tasks.eval import run_eval
     from ellbench.tasks.profile import run_profile
     from ellbench.train import TrainConfig, train
 
@@ -82,7 +83,7 @@ def run_demo(out_dir: Path, plan: DemoPlan, *, data_root: str | None = None, pro
             record = train(config, out_dir / "checkpoints", data_root=data_root, progress=progress)
             checkpoint = str(out_dir / "checkpoints" / f"{name}-{plan.dataset}-seed{seed}.safetensors")
             loaded = load_for_eval(name, checkpoint, dataset=test_set, seed=seed)
-            clean = run_clean(store, loaded, test_set, batch_size=EVAL_BATCH, seed=seed, progress=progress)
+            clean = run_eval(store, loaded, test_set, batch_size=EVAL_BATCH, seed=seed, progress=progress)
             attacked = run_attack_suite(store, loaded, test_set, attack_entries, batch_size=EVAL_BATCH, seed=seed,
                                         progress=progress)
             corrupt = run_corruption_suite(store, loaded, suite, clean=test_set, batch_size=EVAL_BATCH, seed=seed,
@@ -90,7 +91,8 @@ def run_demo(out_dir: Path, plan: DemoPlan, *, data_root: str | None = None, pro
             collapse = run_collapse(store, loaded, test_set, batch_size=EVAL_BATCH, seed=seed, progress=progress)
             row = {"model": name, "seed": seed, "params": record["parameters"],
                    "train_accuracy": record["history"][-1]["train_accuracy"],
-                   "clean_accuracy": clean["summary"]["accuracy"]}
+                   "clean_accuracy": clean["summary"]["accuracy"],
+                   "clean_top5_accuracy": clean["summary"].get("top5_accuracy")}
             for entry, job in zip(attack_entries, attacked["jobs"], strict=True):
                 row[f"{entry.label} ({entry.protocol})"] = job["summary"]["accuracy"]
             row["corruption_accuracy"] = 1.0 - corrupt["mean_error"]

@@ -91,6 +91,18 @@ BAD_INPUT = [
     slow_argument_check("shift unknown data set", ["shift", "deit_tiny_patch16_224", "--dataset", "imagenet-x",
                                                    "--data", "{tmp}", "--out", "{tmp}/out"], ["imagenet-x"]),
     slow_argument_check("profile unknown amp", ["profile", MICRO, "--amp", "fp8", "--out", "{tmp}/out"], ["fp8"]),
+    ("eval crop pct above 1", ["eval", MICRO, "--crop-pct", "1.5", "--out", "{tmp}/out"], ["--crop-pct"], True),
+    ("eval unknown interpolation", ["eval", MICRO, "--interpolation", "cubic", "--out", "{tmp}/out"],
+     ["cubic", "bicubic"], True),
+    ("eval weights twice", ["eval", MICRO, "--pretrained", "--checkpoint", "{file}", "--out", "{tmp}/out"],
+     ["--pretrained", "--checkpoint"], True),
+    ("eval logits not npy", ["eval", MICRO, "--save-logits", "{tmp}/l.txt", "--out", "{tmp}/out"], [".npy"], True),
+    ("eval unknown data", ["eval", MICRO, "--data", "nope", "--out", "{tmp}/out"], ["nope"], True),
+    ("eval img-size on a built-in set", ["eval", MICRO, "--img-size", "64", "--out", "{tmp}/out"],
+     ["--img-size", "built-in"], False),
+    ("eval unknown tag", ["eval", "deit_tiny_patch16_224.nope", "--out", "{tmp}/out"], ["nope", "fb_in1k"], False),
+    ("eval published weights of a model without", ["eval", "elliptical_tiny_patch16_224", "--pretrained",
+                                                   "--out", "{tmp}/out"], ["no published weights"], False),
 ]
 
 

@@ -144,7 +144,7 @@ def test_model_mode_is_restored():
 
 
 def test_model_without_attention_is_refused():
-    with pytest.raises(EllbenchError, match="no attention modules"):
+    with pytest.raises(EllbenchError, match="no attention layers"):
         collapse_per_layer(nn.Linear(2, 2), torch.zeros(1, 2))
 
 

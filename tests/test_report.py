@@ -91,6 +91,11 @@ def test_every_table_value_equals_the_recomputation_from_outcome_rows(real_store
     for row in long.itertuples():
         if row.metric in ("accuracy", "robust_accuracy"):
             assert row.value == pytest.approx(sql_accuracy(real_store, [row.job_id])[0], abs=1e-12)
+        elif row.metric in ("top5_accuracy", "robust_top5_accuracy"):
+            with sqlite3.connect(real_store.path) as conn:
+                (top5,) = conn.execute("SELECT AVG(json_extract(extra, '$.top5')) FROM outcomes WHERE job_id = ?",
+                                       (row.job_id,)).fetchone()
+            assert row.value == pytest.approx(top5, abs=1e-12)
         elif row.metric == "corruption_accuracy" or row.metric == "mean_corruption_accuracy":
             assert row.value == pytest.approx(statistics.mean(sql_accuracy(real_store, row.job_id.split(";"))))
         elif row.metric == "collapse":
@@ -137,7 +142,8 @@ def test_plot_data_are_the_table_values_and_pngs_are_written(report):
     out, result = report
     long, _ = long_results_of(out)
     eps_data = robust_vs_eps_data(long)
-    pgd = long[(long["attack"] == "PGD") & (long["model"] == "deit_micro_patch4_32")]
+    pgd = long[(long["metric"] == "robust_accuracy") & (long["attack"] == "PGD")
+               & (long["model"] == "deit_micro_patch4_32")]
     for eps, group in pgd.groupby("eps"):
         point = eps_data[(eps_data["model"] == "deit_micro_patch4_32") & (eps_data["name"] == "PGD")
                          & (eps_data["eps"] == eps)]
@@ -145,7 +151,7 @@ def test_plot_data_are_the_table_values_and_pngs_are_written(report):
         assert point["runs"].item() == 2
     start = eps_data[(eps_data["model"] == "deit_micro_patch4_32") & (eps_data["name"] == "PGD")
                      & (eps_data["eps"] == 0)]
-    clean = long[(long["task"] == "clean") & (long["model"] == "deit_micro_patch4_32")]["value"]
+    clean = long[(long["label"] == "clean") & (long["model"] == "deit_micro_patch4_32")]["value"]
     assert start["mean"].item() == pytest.approx(clean.mean()) and start["runs"].item() == 2
     severity = severity_data(long)
     assert len(severity) == 2 * len(SMALL_SUITE.entries())  # two model names
@@ -153,7 +159,8 @@ def test_plot_data_are_the_table_values_and_pngs_are_written(report):
     assert sorted(set(layers["layer"])) == list(range(6))
     scatter = robustness_throughput_data(long).set_index("model")
     for model, throughput in THROUGHPUT.items():
-        smallest = long[(long["model"] == model) & (long["attack"] == "PGD") & (long["eps"] == 2 / 255)]
+        smallest = long[(long["model"] == model) & (long["metric"] == "robust_accuracy") & (long["attack"] == "PGD")
+                        & (long["eps"] == 2 / 255)]
         assert scatter.loc[model, "throughput_img_s"] == throughput
         assert scatter.loc[model, "robust_accuracy"] == pytest.approx(smallest["value"].mean())
     for path in result["plots"].values():
@@ -434,3 +441,36 @@ def test_models_with_several_seeds_are_compared_seed_by_seed(tmp_path):
     assert "## Over seeds" in (tmp_path / "out" / "comparison.md").read_text()
     one = compare_models(store, "a_model@sha256:a1", "b_model@sha256:b0", resamples=100)
     assert list(one["diff"]) == [0.75 - 0.25] and one["run_seed"].isna().all()  # a1 vs b0: accuracies 0.75, 0.25
+
+
+def test_top5_sits_beside_top1_for_clean_and_attacks(report):
+    out, _ = report
+    header = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| model |"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns.index("clean top-5") == columns.index("clean") + 1
+    pgd = "PGD 2/255 (paper)"
+    assert columns.index(f"{pgd} top-5") == columns.index(pgd) + 1
+    long = pd.read_csv(out / "results_long.csv")
+    assert set(long.loc[long["label"].str.endswith("top-5"), "task"]) == {"clean", "attack"}
+    assert (long.loc[long["label"].str.endswith("top-5"), "value"] >= 0).all()
+
+
+def test_top5_results_sit_beside_top5_reference_numbers(tmp_path):
+    store = Store.in_folder(tmp_path)
+    model = "deit_tiny_patch16_224"
+    add_job(store, model=model, task="clean", settings={}, correct=[1, 0, 0, 0],
+            extras=[{"top5": 1}, {"top5": 1}, {"top5": 1}, {"top5": 0}])
+    add_job(store, model=model, task="attack", settings=paper_pgd(1 / 255), correct=[1, 0, 0, 0],
+            extras=[{"top5": 1}, {"top5": 1}, {"top5": 0}, {"top5": 0}])
+    long, _ = long_results(store)
+    table, _ = reference_comparison(long)
+    by_metric = table.set_index("metric")
+    with open(resource_path("reference", "rkde_repo_logs.csv")) as handle:
+        logged = [r for r in csv.DictReader(handle) if r["model"] == model and r["metric"] in ("top1", "top5")]
+    for label, attack, metric, ours in (("clean", "clean", "top1", 25.0), ("clean top-5", "clean", "top5", 75.0),
+                                        ("PGD 1/255 (paper) top-5", "PGD", "top5", 50.0)):
+        expected = [r for r in logged if r["attack"] == attack and r["metric"] == metric
+                    and (attack == "clean" or math.isclose(float(r["eps"]), 1 / 255))]
+        assert expected, f"no {metric} reference row for {attack}"
+        assert by_metric.loc[label, "ellbench_pct"] == ours
+        assert by_metric.loc[label, "reference_pct"] == "; ".join(f"{float(r['value']):.2f}" for r in expected)

@@ -26,13 +26,15 @@ def summarize_attack(frame) -> dict:
     """Summary of one attack job's outcomes (a DataFrame with the attack task's columns).
 
     `robust_accuracy` is the paper's measure (adversarial prediction == true label over all examples);
-    `robust_of_clean_correct` is AutoAttack's (correct both clean and adversarially).
+    `robust_of_clean_correct` is AutoAttack's (correct both clean and adversarially); `robust_top5_accuracy` (when
+    the rows have a top5 column) counts the label among the adversarial top-5 classes.
     """
     n = int(len(frame))
     if n == 0:
         return {"n": 0}
     correct = frame["correct"].astype(bool)
     clean = frame["clean_correct"].astype(bool)
+    top5 = {"robust_top5_accuracy": float(frame["top5"].astype(float).mean())} if "top5" in frame else {}
     return {
         "n": n,
         "accuracy": float(correct.mean()),
@@ -42,6 +44,7 @@ def summarize_attack(frame) -> dict:
         "max_linf": float(frame["linf"].max()),
         "mean_linf": float(frame["linf"].mean()),
         "mean_l2": float(frame["l2"].mean()),
+        **top5,
     }
 
 

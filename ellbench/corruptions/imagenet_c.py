@@ -1,7 +1,9 @@
 """ImageNet-C images: released folders on disk, or generated from a clean ImageNet-style folder and cached.
 
-Generated images are made the way Hendrycks made ImageNet-C (resize 256, centre crop 224, corrupt, JPEG quality 85),
-in worker processes, and cached on disk by the sha256 of the clean file, so a second run only decodes.
+Generated images are made the way Hendrycks made ImageNet-C (resize, centre crop, corrupt, JPEG quality 85), with the
+resize and crop of the evaluated model's own eval transform (Hendrycks' 256 -> 224 bilinear is timm's default one),
+in worker processes, and cached on disk by the sha256 of the clean file and the transform, so a second run only
+decodes. Released ImageNet-C files are 224 px: see released_imagenet_c_transform for a model of another size.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from PIL import Image
 from ellbench.corruptions.compat import IMAGECORRUPTIONS_VERSION
 from ellbench.corruptions.images import content_hash, corrupt_image
 from ellbench.corruptions.names import ALL_CORRUPTIONS, CORRUPTION_GROUPS, MIN_SIDE, check_corruption
-from ellbench.data.folders import ImageFolderDataset, center_crop, read_rgb, resize_short_side, to_tensor
+from ellbench.data.folders import ImageFolderDataset, read_rgb, to_tensor
+from ellbench.data.transforms import DEFAULT_TRANSFORM, EvalTransform, released_imagenet_c_transform
 from ellbench.errors import EllbenchError
 from ellbench.io import atomic_path
 
@@ -41,19 +44,30 @@ def find_imagenet_c_folder(root, corruption: str, severity: int) -> Path:
                         f"corruptions found: {', '.join(present) or 'none'}")
 
 
-def imagenet_c_folder(root, corruption: str, severity: int, *, skip_bad_images: bool = False,
-                      limit: int | None = None) -> ImageFolderDataset:
-    """One (corruption, severity) of released ImageNet-C; images are already 224 px, so only centre-cropped."""
+def imagenet_c_folder(root, corruption: str, severity: int, *, model_transform: EvalTransform | None = None,
+                      skip_bad_images: bool = False, limit: int | None = None) -> ImageFolderDataset:
+    """One (corruption, severity) of released ImageNet-C, read for a model with eval transform `model_transform`.
+
+    The files are already resized and cropped to 224 px: a 224 px model gets their pixels as they are (Hendrycks'
+    evaluation only centre-crops 224); a model of another input size gets them resized to it, and the data set's
+    `resized` says so (released_imagenet_c_transform).
+    """
     folder = find_imagenet_c_folder(root, corruption, severity)
-    return ImageFolderDataset(folder, transform="crop", img_size=224, skip_bad_images=skip_bad_images, limit=limit,
-                              name=f"imagenet-c/{corruption}/{severity}")
+    transform = released_imagenet_c_transform(model_transform)
+    dataset = ImageFolderDataset(folder, transform=transform, skip_bad_images=skip_bad_images, limit=limit,
+                                 name=f"imagenet-c/{corruption}/{severity}")
+    dataset.resized = None if transform.input_size == RELEASED_SIZE else \
+        f"released 224 px images resized to {transform.input_size[0]}x{transform.input_size[1]} " \
+        f"({transform.interpolation}) for this model"
+    return dataset
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # ImageNet-C generated from a clean folder, in worker processes, cached on disk
 
 
-GENERATOR_VERSION = 1  # bump when generation changes, so stale cached images are not reused
+GENERATOR_VERSION = 2  # bump when generation changes, so stale cached images are not reused (2: timm's transform)
+RELEASED_SIZE = (224, 224)
 
 
 def default_cache_dir() -> Path:
@@ -68,21 +82,21 @@ class GenerationSettings:
     corruption: str
     severity: int
     seed: int = 0
-    img_size: int = 224
-    resize: int = 256
+    transform: EvalTransform = DEFAULT_TRANSFORM  # resize and crop before corrupting: the model's eval transform
     jpeg_quality: int | None = 85  # ImageNet-C was saved as JPEG quality 85; None keeps the exact pixels (PNG)
 
     def cache_path(self, cache_dir: Path, image_hash: str) -> Path:
         suffix = f"q{self.jpeg_quality}.JPEG" if self.jpeg_quality else "png"
-        variant = f"seed{self.seed}-{self.resize}-{self.img_size}-ic{IMAGECORRUPTIONS_VERSION}-v{GENERATOR_VERSION}"
+        variant = f"seed{self.seed}-{self.transform.slug()}-ic{IMAGECORRUPTIONS_VERSION}-v{GENERATOR_VERSION}"
         return cache_dir / self.corruption / str(self.severity) / variant / image_hash[:2] / f"{image_hash}.{suffix}"
 
 
 def make_imagenet_c_image(source: Path, settings: GenerationSettings) -> tuple[bytes, bool]:
-    """Encoded ImageNet-C version of one clean file (resize, centre crop, corrupt, encode), and whether upsampled."""
+    """Encoded ImageNet-C version of one clean file (resize and crop by timm's transform, corrupt, encode), and
+    whether it was upsampled."""
     raw = source.read_bytes()
-    image = center_crop(resize_short_side(read_rgb(source), settings.resize), settings.img_size)
-    corrupted, upsampled = corrupt_image(np.asarray(image), settings.corruption, settings.severity,
+    image = np.ascontiguousarray(settings.transform.pixels(read_rgb(source)))  # uint8 [H, W, 3]
+    corrupted, upsampled = corrupt_image(image, settings.corruption, settings.severity,
                                          seed=settings.seed, image_hash=content_hash(raw))
     buffer = io.BytesIO()
     if settings.jpeg_quality:
@@ -174,29 +188,40 @@ class GeneratedImageNetC(torch.utils.data.Dataset):
     """ImageNet-C made from a clean ImageNet-style folder, as Hendrycks made it, generated once and cached on disk.
 
     `clean` is a folder path or an ImageFolderDataset (whose files, labels, limit and skipped files are then used).
+    `transform` resizes and crops before the corruption: by default the clean data set's own (the evaluated model's
+    eval transform), else timm's default (Hendrycks' 256 -> 224).
     All images are generated, or found in the cache, when the data set is built, so reading it only decodes cached
-    files. Cache layout: <cache_dir>/<corruption>/<severity>/seed<seed>-<resize>-<img_size>-ic<version>-v<gen>/
-    <sha[:2]>/<sha>.q85.JPEG, where sha is the sha256 of the clean file's bytes. `upsampled` is True when
-    img_size < 32 forced the upsample-corrupt-downsample path.
+    files. Cache layout: <cache_dir>/<corruption>/<severity>/seed<seed>-<transform>-ic<version>-v<gen>/
+    <sha[:2]>/<sha>.q85.JPEG, where sha is the sha256 of the clean file's bytes. `upsampled` is True when a side
+    under 32 px forced the upsample-corrupt-downsample path.
     """
 
     def __init__(self, clean, corruption: str, severity: int, *, seed: int = 0, cache_dir=None,
-                 workers: int | None = None, img_size: int = 224, resize: int = 256, jpeg_quality: int | None = 85,
+                 workers: int | None = None, transform: EvalTransform | None = None, jpeg_quality: int | None = 85,
                  skip_bad_images: bool = False, limit: int | None = None,
                  progress: Callable[[int, int], None] | None = None, source_hashes: list[str] | None = None):
         check_corruption(corruption, severity)
-        self.settings = GenerationSettings(corruption, severity, seed, img_size, resize, jpeg_quality)
+        if transform is None:
+            transform = getattr(clean, "transform", None) or DEFAULT_TRANSFORM
+        self.settings = GenerationSettings(corruption, severity, seed, transform, jpeg_quality)
         self.clean = clean if isinstance(clean, ImageFolderDataset) else ImageFolderDataset(
-            clean, transform="none", skip_bad_images=skip_bad_images, limit=limit)
+            clean, transform=None, skip_bad_images=skip_bad_images, limit=limit)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.files = _generate_once_per_job(self.clean.files, self.settings, self.cache_dir, workers=workers,
                                             progress=progress, source_hashes=source_hashes)
         self.labels = self.clean.labels
-        self.skipped, self.upsampled = self.clean.skipped, img_size < MIN_SIDE
-        self.num_classes, self.class_names, self.image_size = self.clean.num_classes, self.clean.class_names, img_size
+        self.transform = transform
+        self.skipped, self.upsampled = self.clean.skipped, min(transform.input_size) < MIN_SIDE
+        self.num_classes, self.class_names = self.clean.num_classes, self.clean.class_names
+        self.image_size = transform.input_size[0]
         self.name = f"{self.clean.name}/generated-c/{corruption}/{severity}"
         self.fingerprint = (f"{self.clean.fingerprint}|generated-c:{corruption}:{severity}:seed={seed}:"
-                            f"{resize}-{img_size}:q={jpeg_quality}:ic={IMAGECORRUPTIONS_VERSION}:v{GENERATOR_VERSION}")
+                            f"{transform.slug()}:q={jpeg_quality}:ic={IMAGECORRUPTIONS_VERSION}:v{GENERATOR_VERSION}")
+
+    @property
+    def transform_description(self) -> str:
+        """The resize and crop made before corrupting, for job keys and reports."""
+        return self.transform.describe()
 
     def __len__(self) -> int:
         return len(self.files)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ellbench.data.folders import ImageFolderDataset
+from ellbench.data.transforms import DEFAULT_TRANSFORM, EvalTransform
 from ellbench.errors import EllbenchError
 
 SHIFT_SETS = ("imagenet-a", "imagenet-r")
@@ -49,10 +50,10 @@ def restrict_logits(logits: torch.Tensor, name: str) -> torch.Tensor:
     return logits.index_select(-1, index)  # [B, 200]
 
 
-def open_shift_dataset(name: str, root, *, img_size: int = 224, resize: int = 256, interpolation: str = "bilinear",
-                       skip_bad_images: bool = False, limit: int | None = None) -> ImageFolderDataset:
-    """An ImageNet-A or -R folder `<root>/<wnid>/*` with labels 0..199 in the subset's class space."""
+def open_shift_dataset(name: str, root, *, transform: EvalTransform = DEFAULT_TRANSFORM, skip_bad_images: bool = False,
+                       limit: int | None = None) -> ImageFolderDataset:
+    """An ImageNet-A or -R folder `<root>/<wnid>/*` with labels 0..199 in the subset's class space, read through
+    `transform` (the evaluated model's own eval transform)."""
     wnids = subset_wnids(name)
-    return ImageFolderDataset(root, transform="eval", img_size=img_size, resize=resize, interpolation=interpolation,
-                              skip_bad_images=skip_bad_images, limit=limit,
+    return ImageFolderDataset(root, transform=transform, skip_bad_images=skip_bad_images, limit=limit,
                               class_to_index={w: i for i, w in enumerate(wnids)}, name=name)

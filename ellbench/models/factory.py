@@ -1,9 +1,12 @@
 """Build any registered model for [0, 1] images, and list what is registered.
 
-Checkpoint files are read in ellbench.models.loading; here weights arrive as a state dict that must fit exactly.
+Checkpoint files are read in ellbench.models.loading; here weights arrive as a state dict that must fit exactly, or
+are timm's published weights (`pretrained=True`, or a name with a tag such as deit_small_patch16_224.fb_in1k), which
+timm loads from the Hugging Face cache or the hub.
 """
 
 import difflib
+import os
 
 import timm
 import torch
@@ -52,11 +55,36 @@ def family_of(name: str) -> str:
 
 def _check_registered(name: str) -> None:
     if timm.is_model(name):
+        check_tag(name)
         return
     ours = [row_name for row_name in timm.list_models() if _is_listed(row_name)]
     close = difflib.get_close_matches(name, ours, n=3) or difflib.get_close_matches(name, timm.list_models(), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see `ellbench models`"
     raise EllbenchError(f"unknown model {name!r}{hint}")
+
+
+def check_tag(name: str) -> None:
+    """A name with a pretrained tag must name one of timm's tags for its architecture (one-line error otherwise)."""
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
+    architecture, tag = split_model_name_tag(name)
+    if not tag:
+        return
+    try:
+        found = get_pretrained_cfg(name) is not None
+    except RuntimeError:
+        found = False
+    if not found:
+        tags = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{architecture}.*")]
+        raise EllbenchError(f"{architecture} has no pretrained tag {tag!r}; timm knows "
+                            f"{', '.join(tags[:8]) + (' ...' if len(tags) > 8 else '') if tags else 'none'}")
+
+
+def has_tag(name: str) -> bool:
+    """Whether `name` carries a pretrained tag (deit_small_patch16_224.fb_in1k)."""
+    from timm.models import split_model_name_tag
+
+    return bool(split_model_name_tag(name)[1])
 
 
 def build_model(
@@ -65,16 +93,23 @@ def build_model(
     num_classes: int | None = None,
     img_size: int | None = None,
     state_dict: dict | None = None,
+    pretrained: bool = False,
+    input_size: int | None = None,
     seed: int = 0,
     context: str = "the state dict",
     **kwargs,
 ) -> NormalizedModel:
-    """Build the timm model `name` wrapped for [0, 1] input, in eval mode, with `state_dict`'s weights if given.
+    """Build the timm model `name` wrapped for [0, 1] input, in eval mode, with `state_dict`'s weights if given, or
+    timm's published weights with `pretrained=True`.
 
     Random initialisation is drawn from `seed` without touching the global RNG. With a state dict, the classifier's
     width sets `num_classes` when not given, and the weights must fit exactly (one-line error naming the first
-    offending keys otherwise; `context` names where the weights came from).
+    offending keys otherwise; `context` names where the weights came from). `img_size` is a constructor setting;
+    `input_size` is the evaluation size asked for (validate.py's --img-size): timm builds a fixed-size model (a ViT)
+    for it, resampling published position embeddings, and leaves a size-agnostic one (a CNN) as it is.
     """
+    from timm.models import resolve_model_input_args
+
     _check_registered(name)
     model_kwargs = dict(kwargs)
     if state_dict is not None and num_classes is None and "num_classes" not in model_kwargs \
@@ -84,16 +119,54 @@ def build_model(
         model_kwargs["num_classes"] = num_classes
     if img_size is not None:
         model_kwargs["img_size"] = img_size
+    if input_size is not None:
+        try:
+            arguments = resolve_model_input_args(name, {"img_size": input_size}, **model_kwargs)
+        except ValueError as error:
+            raise EllbenchError(f"cannot evaluate {name} at {input_size} px: {_first_line(error)}") from None
+        model_kwargs = {key: value for key, value in arguments.items() if key not in ("model_name", "pretrained_cfg")}
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            model = timm.create_model(name, **model_kwargs)
+            model = _create(name, pretrained, model_kwargs)
         except TypeError as error:
             raise EllbenchError(f"cannot build {name} with {model_kwargs}: {_first_line(error)}") from error
     if state_dict is not None:
         _load_strictly(model, state_dict, f"{context} does not fit {name}")
     return NormalizedModel(model).eval()
+
+
+def _create(name: str, pretrained: bool, model_kwargs: dict) -> nn.Module:
+    """timm.create_model; with pretrained=True a missing download is one line naming the weights and the way out."""
+    if not pretrained:
+        return timm.create_model(name, **model_kwargs)
+    cfg = timm.models.get_pretrained_cfg(name)
+    overlay = model_kwargs.get("pretrained_cfg_overlay") or {}
+    source = overlay.get("file") or published_weights(name)
+    if source is None:
+        raise EllbenchError(f"timm has no published weights for {name}; pass --checkpoint FILE")
+    try:
+        return timm.create_model(name, pretrained=True, **model_kwargs)
+    except OSError as error:  # the hub's LocalEntryNotFoundError, no network, no file: all OSErrors
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+        why = "are not in the Hugging Face cache and HF_HUB_OFFLINE is set" if offline else \
+            f"could not be fetched ({_first_line(error)}; without a network set HF_HUB_OFFLINE=1 to fail at once)"
+        hub_id = getattr(cfg, "hf_hub_id", None)
+        fetch = f"`hf download {hub_id}` (or any timm.create_model(..., pretrained=True)) on a machine with network " \
+            "into the same cache (HF_HOME)" if hub_id else f"download {source} on a machine with network"
+        raise EllbenchError(f"weights of {name} ({source}) {why}; get them with {fetch}, or pass --checkpoint FILE"
+                            ) from None
+
+
+def published_weights(name: str) -> str | None:
+    """Where timm loads `name`'s published weights from ('hf-hub:timm/...', a URL or a file); None if it has none."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if getattr(cfg, "hf_hub_id", None):
+        return f"hf-hub:{cfg.hf_hub_id}"
+    return getattr(cfg, "file", None) or getattr(cfg, "url", None) or None
 
 
 def _load_strictly(model: nn.Module, state_dict: dict, context: str) -> None:

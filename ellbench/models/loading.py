@@ -3,7 +3,11 @@
 Checkpoints are `.safetensors` files or `.pt/.pth/.bin` files read with `torch.load(weights_only=True)`, which refuses
 pickles that would import or call anything. Common wrappers (a `state_dict`/`model`/`module` entry, `module.` or
 `model.` key prefixes) are stripped. The file is read once: its bytes give the state dict and the sha256 that
-identifies the weights in job keys.
+identifies the file. Job keys identify weights by `weights_sha256`, a hash of the tensors the model holds once they
+are loaded, so the same weights read from a file or from timm's hub copy are the same job.
+
+Published weights (`pretrained=True`, or a name with a tag such as deit_small_patch16_224.fb_in1k) are timm's,
+loaded by timm from the Hugging Face cache or the hub (ellbench.models.factory).
 
 The JSON sidecar (`<checkpoint>.json`, or the checkpoint's path with a `.json` suffix, as `ellbench train` writes it)
 is data, never a recipe: it may carry only the fields ellbench writes, and its model settings only the typed shape
@@ -57,9 +61,30 @@ class LoadedModel:
 
     name: str
     module: object  # NormalizedModel: takes [0, 1] images
-    checkpoint_id: str  # "sha256:<hex>" or "random-init:seed=<n>"
+    checkpoint_id: str  # "sha256:<weights_sha256>" or "random-init:seed=<n>"
     device: str
     amp: str = "off"  # autocast of the network: off (float32, the reference), bf16 or fp16; part of job keys when on
+    weights: str = ""  # where the weights came from, in words
+
+    @property
+    def timm_model(self):
+        """The bare timm model inside the [0, 1] wrapper (its pretrained_cfg and input traits)."""
+        return getattr(self.module, "model", self.module)
+
+
+def weights_sha256(state_dict: dict) -> str:
+    """sha256 of a state dict's tensors: each name, dtype, shape and bytes, in sorted name order.
+
+    It identifies weights whatever file, format or hub copy they came in.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -228,17 +253,46 @@ def resolve_device(device: str) -> str:
 def model_kwargs_for(model: str, image_size: int, num_classes: int) -> dict:
     """Constructor settings that fit a small-image model to a data set (patch 2 below 16 px, else 4).
 
-    RVT's conv stem takes the same patch size as its stride, so every family sees the same token grid.
+    RVT's conv stem takes the same patch size as its stride, so every family sees the same token grid. A model whose
+    constructor takes no image size (a CNN such as resnet18) only gets the number of classes.
     """
-    kwargs = {"img_size": image_size, "num_classes": num_classes}
+    kwargs = {"num_classes": num_classes}
+    if not _takes_image_size(model):
+        return kwargs
+    kwargs["img_size"] = image_size
     if "patch" in model or model.startswith("rvt_"):
         kwargs["patch_size"] = 2 if image_size <= 16 else 4
     return kwargs
 
 
+def _takes_image_size(name: str) -> bool:
+    """Whether the model class behind a timm name has an `img_size` constructor argument (built on the meta device)."""
+    import inspect
+
+    import timm
+    import torch
+
+    import ellbench.models  # noqa: F401  (registers ellbench's models with timm)
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name)
+    except NotImplementedError:  # a constructor that needs real tensor data
+        model = timm.create_model(name)
+    except (RuntimeError, TypeError, ValueError):
+        return True  # let the real build report the problem
+    for cls in type(model).__mro__:  # a subclass may pass **kwargs on to its parent's constructor
+        parameters = inspect.signature(cls.__init__).parameters
+        if "img_size" in parameters:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return False
+    return False
+
+
 def load_model(name: str, checkpoint: str | Path | Checkpoint | None = None, *, seed: int = 0, **kwargs):
     """`name` built for [0, 1] images (ellbench.models.factory.NormalizedModel) in eval mode, with a checkpoint's
-    weights when given, else random weights drawn from `seed`.
+    weights when given, else random weights drawn from `seed` (or timm's published weights with pretrained=True).
 
     The sidecar's model settings describe the weights and apply first; keyword settings that are not None override
     them.
@@ -255,25 +309,41 @@ def load_model(name: str, checkpoint: str | Path | Checkpoint | None = None, *, 
                        **{**checkpoint.model_kwargs, **kwargs})
 
 
-def load_for_eval(name: str, checkpoint: str | Path | None = None, *, dataset=None, seed: int = 0,
-                  device: str = "cpu", model_kwargs: dict | None = None, amp: str = "off") -> LoadedModel:
-    """Build `name` (with a checkpoint's weights, or random init from `seed`) sized for `dataset`, in eval mode.
+def load_for_eval(name: str, checkpoint: str | Path | None = None, *, pretrained: bool = False, dataset=None,
+                  seed: int = 0, device: str = "cpu", model_kwargs: dict | None = None,
+                  input_size: int | None = None, amp: str = "off") -> LoadedModel:
+    """Build `name` for evaluation in eval mode: with a checkpoint's weights, timm's published weights (`pretrained`,
+    or a name with a tag and no checkpoint), or random init from `seed`.
 
-    Without a checkpoint, a small-image data set (under 64 px) gets a model sized for it (model_kwargs_for).
+    Without a checkpoint or published weights, a small-image data set (under 64 px) gets a model sized for it
+    (model_kwargs_for). `input_size` is the evaluation size asked for (--img-size; see factory.build_model). A model
+    with published weights is named with its tag (deit_small_patch16_224 -> deit_small_patch16_224.fb_in1k).
     `amp` (off, bf16, fp16) runs the network under autocast; weights stay float32 (ellbench.models.amp).
     """
     from ellbench.distributed import local_device
     from ellbench.models.amp import check_amp
+    from ellbench.models.factory import has_tag, published_weights
 
     check_amp(amp)
     device = local_device(resolve_device(device))
+    if pretrained and checkpoint is not None:
+        raise EllbenchError("give either --pretrained (timm's published weights) or --checkpoint, not both")
+    published = checkpoint is None and (pretrained or has_tag(name))
     kwargs = dict(model_kwargs or {})
     read = read_checkpoint(checkpoint) if checkpoint is not None else None
-    if read is None and dataset is not None and dataset.image_size is not None and dataset.image_size < 64 \
-            and not kwargs:
+    if read is None and not published and dataset is not None and dataset.image_size is not None \
+            and dataset.image_size < 64 and not kwargs:
         kwargs = model_kwargs_for(name, dataset.image_size, dataset.num_classes)
-    module = load_model(name, read, seed=seed, **kwargs)
+    module = load_model(name, read, seed=seed, pretrained=published or None, input_size=input_size, **kwargs)
     module.amp = amp
+    if read is None and not published:
+        checkpoint_id, weights = f"random-init:seed={seed}", f"random init (seed {seed})"
+    else:
+        checkpoint_id = f"sha256:{weights_sha256(module.model.state_dict())}"  # the tensors as loaded, on the CPU
+        weights = f"checkpoint {read.path}" if read else f"timm's published weights ({published_weights(name)})"
+    if published and module.model.pretrained_cfg.get("tag"):
+        cfg = module.model.pretrained_cfg
+        name = f"{cfg.get('architecture') or name.split('.')[0]}.{cfg['tag']}"
     module.eval().to(device)
-    checkpoint_id = f"sha256:{read.sha256}" if read else f"random-init:seed={seed}"
-    return LoadedModel(name=name, module=module, checkpoint_id=checkpoint_id, device=device, amp=amp)
+    return LoadedModel(name=name, module=module, checkpoint_id=checkpoint_id, device=device, amp=amp,
+                       weights=weights)

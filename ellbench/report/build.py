@@ -106,6 +106,12 @@ def _report_markdown(long, tables, checks, references, reference_notes, notes, p
     for title, labels in label_groups(long).items():
         if labels:
             parts.append(_section(title, pivot_markdown(long, labels)))
+    transforms = transform_table(long)
+    if len(transforms):
+        parts.append(_section("Image transforms", markdown_table(transforms),
+                              "How image-folder data reached each model: its own timm eval transform (input size, "
+                              "interpolation, crop_pct, crop mode), or its overrides; built-in sets are used as "
+                              "stored."))
     if len(tables["corruptions"]):
         parts.append(_section("Accuracy by corruption and severity", markdown_table(tables["corruptions"])))
     if len(tables["collapse_layers"]):
@@ -130,6 +136,13 @@ def _report_markdown(long, tables, checks, references, reference_notes, notes, p
     if plots:
         parts.append(_section("Plots", "\n\n".join(images + skipped)))
     return "\n".join(parts)
+
+
+def transform_table(long):
+    """One row per (model, data set, task, transform) read through an image transform."""
+    rows = long[long["transform"].notna()] if "transform" in long else long.iloc[0:0]
+    columns = ["model", "data_name", "task", "transform"]
+    return rows[columns].drop_duplicates().reset_index(drop=True) if len(rows) else rows.reindex(columns=columns)
 
 
 def _checks_markdown(checks) -> str:

@@ -25,11 +25,11 @@ def robust_vs_eps_data(long):
     """
     import pandas as pd
 
-    rows = long[(long["task"] == "attack") & long["eps"].notna()]
+    rows = long[(long["metric"] == "robust_accuracy") & long["eps"].notna()]
     if rows.empty:
         return rows
     rows = rows.assign(eps=rows["eps"].astype(float))
-    clean = long[long["task"] == "clean"]
+    clean = long[(long["task"] == "clean") & (long["metric"] == "accuracy")]
     curves = rows[["model", "name", "protocol", "data_name"]].drop_duplicates()
     starts = curves.merge(clean[["model", "data_name", "checkpoint", "value"]], on=["model", "data_name"])
     table = _mean_over_checkpoints(pd.concat([rows, starts.assign(eps=0.0)], ignore_index=True),
@@ -64,7 +64,7 @@ def robustness_throughput_data(long):
     import pandas as pd
 
     columns = ["model", "robust_accuracy", "attack", "throughput_img_s", "throughput_label"]
-    pgd = long[(long["task"] == "attack") & (long["attack"] == "PGD") & long["eps"].notna()]
+    pgd = long[(long["metric"] == "robust_accuracy") & (long["attack"] == "PGD") & long["eps"].notna()]
     speed = long[long["metric"] == "throughput_img_s"]
     records = []
     for model in sorted(set(pgd["model"]) & set(speed["model"])):

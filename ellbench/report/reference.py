@@ -71,7 +71,8 @@ def reference_comparison(long):
         notes.append(f"{SMALL_IMAGE_NOTE} ({', '.join(sorted(set(small['model'])))}).")
     unnamed = set()
     for _, row in candidates.drop(index=small.index).iterrows():
-        same_model = reference[(reference["model"] == row["model"]) & (reference["metric"] == "top1")]
+        metric = "top5" if row["metric"] in ("top5_accuracy", "robust_top5_accuracy") else "top1"
+        same_model = reference[(reference["model"] == row["model"]) & (reference["metric"] == metric)]
         if same_model.empty:
             unnamed.add(row["model"])
             continue

@@ -25,8 +25,9 @@ PROFILE_METRICS = (  # summary key, column label, unit
     ("params", "params", "count"),
 )
 LONG_COLUMNS = ("model", "checkpoint", "seed", "task", "metric", "label", "table", "attack", "name", "protocol", "eps",
-                "corruption", "severity", "layer", "value", "n", "note", "job_id", "data", "data_name", "settings",
-                "ellbench_version", "torch", "timm", "git_commit", "device", "finished_utc", "source")
+                "corruption", "severity", "layer", "value", "n", "note", "job_id", "data", "data_name", "transform",
+                "settings", "ellbench_version", "torch", "timm", "git_commit", "device", "finished_utc", "source")
+TOP5_METRICS = ("top5_accuracy", "robust_top5_accuracy")  # top-5 beside top-1 where the paper gives it
 
 
 def data_name(fingerprint: str) -> str:
@@ -42,7 +43,8 @@ def _job_fields(job: dict) -> dict:
     record = job.get("provenance") or {}
     return {"model": job["model"], "checkpoint": job["checkpoint"], "seed": job["seed"], "task": job["task"],
             "job_id": job["id"], "data": job["data"], "data_name": data_name(job["data"]),
-            "settings": json.dumps(job["settings"], sort_keys=True), "ellbench_version": job["version"],
+            "transform": job["settings"].get("transform"), "settings": json.dumps(job["settings"], sort_keys=True),
+            "ellbench_version": job["version"],
             "torch": record.get("torch") or record.get("torch_version"), "timm": record.get("timm"),
             "git_commit": record.get("git_commit"), "device": record.get("device"),
             "finished_utc": job["finished_utc"]}
@@ -66,9 +68,21 @@ def _accuracy(outcomes) -> tuple[float, int]:
     return (float(outcomes["correct"].astype(float).mean()) if n else float("nan")), n
 
 
+def _top5(outcomes) -> tuple[float, int] | None:
+    """Top-5 accuracy of stored rows (label among the top-5 classes), or None for rows stored without it."""
+    if "top5" not in outcomes or not len(outcomes) or outcomes["top5"].isna().any():
+        return None
+    return float(outcomes["top5"].astype(float).mean()), int(len(outcomes))
+
+
 def _clean_rows(job: dict, outcomes) -> list[dict]:
+    """Top-1, then top-5 beside it (the paper's clean columns)."""
     value, n = _accuracy(outcomes)
-    return [_row(job, "accuracy", "clean", value, n)]
+    rows = [_row(job, "accuracy", "clean", value, n)]
+    top5 = _top5(outcomes)
+    if top5:
+        rows.append(_row(job, "top5_accuracy", "clean top-5", *top5))
+    return rows
 
 
 def _shift_rows(job: dict, outcomes) -> list[dict]:
@@ -81,8 +95,13 @@ def _attack_rows(job: dict, outcomes) -> list[dict]:
     settings = job["settings"]
     value, n = _accuracy(outcomes)
     label = f"{settings['name']} {format_eps(settings.get('eps'))} ({settings['protocol']})"
-    return [_row(job, "robust_accuracy", label, value, n, attack=settings["attack"], name=settings["name"],
-                 protocol=settings["protocol"], eps=settings.get("eps"))]
+    detail = dict(attack=settings["attack"], name=settings["name"], protocol=settings["protocol"],
+                  eps=settings.get("eps"))
+    rows = [_row(job, "robust_accuracy", label, value, n, **detail)]
+    top5 = _top5(outcomes)
+    if top5:  # the paper's Table 2 gives top-1 and top-5 under each attack
+        rows.append(_row(job, "robust_top5_accuracy", f"{label} top-5", *top5, **detail))
+    return rows
 
 
 def _corruption_rows(job: dict, outcomes) -> list[dict]:

@@ -9,13 +9,15 @@ from ellbench import distributed
 from ellbench.attacks.checks import result_record, summarize_attack, trust_checks
 from ellbench.attacks.suite import AttackEntry
 from ellbench.runner import Batch, JobSpec, LoaderPool, job_key, outcome_rows, provenance, run
+from ellbench.tasks.eval import top5_hits, transform_settings
 
 
 def attack_evaluator(model, entry: AttackEntry, *, seed: int) -> Callable[[Batch], list[dict]]:
     """Per-batch evaluation of one attack entry: one row per example.
 
-    Rows: idx, label, pred (adversarial prediction), correct (pred == label), clean_pred, clean_correct, target
-    (the label attacked), linf and l2 (the perturbation's size in the protocol's space). The batch's random state
+    Rows: idx, label, pred (adversarial prediction), correct (pred == label), top5 (label among the adversarial
+    top-5, ellbench.tasks.eval.top5_hits), clean_pred, clean_correct, target (the label attacked), linf and l2 (the
+    perturbation's size in the protocol's space). The batch's random state
     comes from (seed, first index of the batch), so a resumed run reproduces an uninterrupted one. The model is put
     in eval mode.
     """
@@ -31,15 +33,17 @@ def attack_evaluator(model, entry: AttackEntry, *, seed: int) -> Callable[[Batch
             outcome = attack(batch.images, batch.labels)
         perturbation = (outcome.adversarial_input - outcome.clean_input).detach().flatten(1).double()  # [B, C*H*W]
         return outcome_rows(batch.indices, batch.labels, outcome.logits.argmax(1),
-                            clean_pred=outcome.clean_pred, clean_correct=(outcome.clean_pred == batch.labels).int(),
+                            top5=top5_hits(outcome.logits.detach(), batch.labels), clean_pred=outcome.clean_pred,
+                            clean_correct=(outcome.clean_pred == batch.labels).int(),
                             target=outcome.target, linf=perturbation.abs().amax(1), l2=perturbation.norm(dim=1))
 
     return evaluate
 
 
-def attack_task_settings(entry: AttackEntry, batch_size: int) -> dict:
-    """Job-key settings of one attack job; the batch size is part of it because random draws are made per batch."""
-    return {**entry.settings(), "batch_size": int(batch_size)}
+def attack_task_settings(entry: AttackEntry, batch_size: int, dataset=None) -> dict:
+    """Job-key settings of one attack job; the batch size is part of it because random draws are made per batch, and
+    the data's image transform when it has one."""
+    return {**entry.settings(), "batch_size": int(batch_size), **transform_settings(dataset)}
 
 
 def attack_specs(loaded, dataset, entries: list[AttackEntry], *, batch_size: int, seed: int = 0,
@@ -47,8 +51,8 @@ def attack_specs(loaded, dataset, entries: list[AttackEntry], *, batch_size: int
     """The plan: one job spec per entry. `loaded` is an ellbench.models.loading.LoadedModel."""
     return [
         JobSpec(key=job_key(model=loaded.name, checkpoint=loaded.checkpoint_id, data=dataset.fingerprint,
-                            task="attack", settings=attack_task_settings(entry, batch_size), seed=seed,
-                            amp=loaded.amp),
+                            task="attack", settings=attack_task_settings(entry, batch_size, dataset),
+                            seed=seed, amp=loaded.amp),
                 dataset=dataset, evaluate=attack_evaluator(loaded.module, entry, seed=seed), batch_size=batch_size,
                 device=loaded.device, description=f"{entry.label} ({entry.protocol}) {loaded.name}",
                 summarize=summarize_attack, loader_workers=workers)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ellbench.errors import EllbenchError
 from ellbench.runner import Batch, JobSpec, accuracy_summary, job_key, outcome_rows, run
+from ellbench.tasks.eval import transform_settings
 
 COLLAPSE_KEY = "collapse"
 
@@ -37,9 +38,9 @@ def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
             continue  # an `attn` inside an attention module is one of its parts, not another layer
         found.append((name, module))
     if not found:
-        raise EllbenchError(
-            f"{type(model).__name__} has no attention modules named 'attn'; collapse needs a ViT-like model"
-        )
+        inner = getattr(model, "model", model)  # the timm model inside ellbench's [0, 1] wrapper
+        raise EllbenchError(f"{type(inner).__name__} has no attention layers (modules named 'attn'); collapse measures "
+                            "the tokens leaving the attention layers of a ViT-like model")
     return found
 
 
@@ -150,9 +151,13 @@ def collapse_summary(outcomes: pd.DataFrame) -> dict:
 def collapse_spec(loaded, dataset, *, batch_size: int, seed: int = 0, workers: int | None = None) -> JobSpec:
     """The job spec of one model's collapse on one data set; the layer names are part of its settings, so the stored
     per-layer lists can always be matched to the modules they came from."""
-    layers = attention_layer_names(loaded.module)
+    try:
+        layers = attention_layer_names(loaded.module)
+    except EllbenchError as error:
+        raise EllbenchError(f"{loaded.name}: {error}") from None
     key = job_key(model=loaded.name, checkpoint=loaded.checkpoint_id, data=dataset.fingerprint, task="collapse",
-                  settings={"batch_size": batch_size, "layers": layers}, seed=seed, amp=loaded.amp)
+                  settings={"batch_size": batch_size, "layers": layers, **transform_settings(dataset)}, seed=seed,
+                  amp=loaded.amp)
     return JobSpec(key=key, dataset=dataset, evaluate=collapse_evaluator(loaded.module), batch_size=batch_size,
                    device=loaded.device, description=f"collapse {loaded.name}", summarize=collapse_summary,
                    loader_workers=workers)

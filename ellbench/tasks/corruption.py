@@ -1,7 +1,9 @@
 """The corruption task: one clean-evaluation job per (corruption, severity) of a suite, then CE and mCE.
 
 The data of an entry is released ImageNet-C (a folder), ImageNet-C generated from a clean folder (cached), or an
-in-memory data set corrupted on the fly.
+in-memory data set corrupted on the fly. Generated images are resized and cropped by the clean folder's transform (the
+model's own eval transform) before the corruption; released images (224 px) are resized for a model of another size
+and say so (ellbench.data.transforms.released_imagenet_c_transform).
 """
 
 from __future__ import annotations
@@ -25,16 +27,17 @@ def generation_workers(workers: int | None) -> int | None:
 
 def corrupted_dataset(corruption: str, severity: int, *, clean=None, imagenet_c=None, seed: int = 0, cache_dir=None,
                       workers: int | None = None, skip_bad_images: bool = False, limit: int | None = None,
-                      precompute: bool = False, source_hashes: list[str] | None = None):
-    """The data set of one suite entry: released ImageNet-C if `imagenet_c` is given, else generated from the clean
-    ImageNet-style folder `clean` (an ImageFolderDataset), else `clean` (any in-memory set) corrupted on the fly
-    (or all at once with precompute=True)."""
+                      precompute: bool = False, source_hashes: list[str] | None = None, transform=None):
+    """The data set of one suite entry: released ImageNet-C if `imagenet_c` is given (read for a model whose eval
+    transform is `transform`), else generated from the clean ImageNet-style folder `clean` (an ImageFolderDataset,
+    resized and cropped by its own transform), else `clean` (any in-memory set) corrupted on the fly (or all at once
+    with precompute=True)."""
     if imagenet_c is not None:
-        return imagenet_c_folder(imagenet_c, corruption, severity, skip_bad_images=skip_bad_images, limit=limit)
+        return imagenet_c_folder(imagenet_c, corruption, severity, model_transform=transform,
+                                 skip_bad_images=skip_bad_images, limit=limit)
     if isinstance(clean, ImageFolderDataset):
         return GeneratedImageNetC(clean, corruption, severity, seed=seed, cache_dir=cache_dir,
-                                  workers=generation_workers(workers),
-                                  img_size=clean.img_size, resize=clean.resize, source_hashes=source_hashes)
+                                  workers=generation_workers(workers), source_hashes=source_hashes)
     if clean is None:
         raise EllbenchError("corruptions need clean data (--data) or a released ImageNet-C folder (--imagenet-c)")
     return CorruptedDataset(clean, corruption, severity, seed=seed, precompute=precompute)
@@ -57,11 +60,13 @@ def corruption_source(clean, imagenet_c) -> str:
 
 def corruption_specs(loaded, suite: CorruptionSuite, *, clean=None, imagenet_c=None, batch_size: int = 64,
                      seed: int = 0, cache_dir=None, workers: int | None = None, skip_bad_images: bool = False,
-                     limit: int | None = None, datasets: dict | None = None) -> Iterator[tuple[str, int, JobSpec]]:
+                     limit: int | None = None, datasets: dict | None = None,
+                     transform=None) -> Iterator[tuple[str, int, JobSpec]]:
     """The plan, entry by entry: (corruption, severity, job spec); each entry's data is made when it is reached.
 
     `workers` is the number of processes preparing images: generating ImageNet-C (None: every core) and loading
-    batches (None: runner.default_loader_workers).
+    batches (None: runner.default_loader_workers). `transform` is the model's eval transform, for released ImageNet-C
+    (clean folders carry their own).
     """
     source = corruption_source(clean, imagenet_c)
     hashes = file_hashes(clean.files) if source == "generated" and not datasets else None
@@ -70,9 +75,9 @@ def corruption_specs(loaded, suite: CorruptionSuite, *, clean=None, imagenet_c=N
         if dataset is None:
             dataset = corrupted_dataset(corruption, severity, clean=clean, imagenet_c=imagenet_c, seed=seed,
                                         cache_dir=cache_dir, workers=workers, skip_bad_images=skip_bad_images,
-                                        limit=limit, source_hashes=hashes)
+                                        limit=limit, source_hashes=hashes, transform=transform)
         notes = {"corruption_source": source, "skipped_images": getattr(dataset, "skipped", 0),
-                 "upsampled": getattr(dataset, "upsampled", False)}
+                 "upsampled": getattr(dataset, "upsampled", False), "resized": getattr(dataset, "resized", None)}
         settings = {"corruption": corruption, "severity": severity, "source": source, "batch_size": batch_size}
         yield corruption, severity, clean_spec(loaded, dataset, batch_size=batch_size, seed=seed, task="corruption",
                                                settings=settings, description=f"{corruption} s{severity} {loaded.name}",
@@ -82,10 +87,11 @@ def corruption_specs(loaded, suite: CorruptionSuite, *, clean=None, imagenet_c=N
 def run_corruption_suite(store, loaded, suite: CorruptionSuite, *, clean=None, imagenet_c=None, batch_size: int = 64,
                          seed: int = 0, cache_dir=None, workers: int | None = None, skip_bad_images: bool = False,
                          limit: int | None = None, baseline: str | None = None, progress: bool = True,
-                         datasets: dict | None = None) -> dict:
+                         datasets: dict | None = None, transform=None) -> dict:
     """Evaluate one model on every (corruption, severity) of a suite, each a resumable job; return the summary.
 
     `datasets` holds entries' data sets built beforehand by corrupted_datasets (with the same clean/imagenet_c).
+    `transform` is the model's eval transform, which released ImageNet-C needs (ellbench.tasks.inputs.eval_transform).
     `loaded` is an ellbench.models.loading.LoadedModel. `clean` (a data set) also gives the clean error for relative
     mCE. AlexNet-relative CE and mCE are computed only for 1000-class (ImageNet) data; the baseline used, the
     source of the corrupted images, skipped files and small-image upsampling are recorded in the summary.
@@ -95,7 +101,7 @@ def run_corruption_suite(store, loaded, suite: CorruptionSuite, *, clean=None, i
     errors, entries, fingerprints, num_classes = {}, [], [], None
     for corruption, severity, spec in corruption_specs(
             loaded, suite, clean=clean, imagenet_c=imagenet_c, batch_size=batch_size, seed=seed, cache_dir=cache_dir,
-            workers=workers, skip_bad_images=skip_bad_images, limit=limit, datasets=datasets):
+            workers=workers, skip_bad_images=skip_bad_images, limit=limit, datasets=datasets, transform=transform):
         job = run(store, spec, progress=progress)
         errors[corruption, severity] = 1.0 - job["summary"]["accuracy"]
         entries.append({"corruption": corruption, "severity": severity, "error": errors[corruption, severity],
@@ -109,7 +115,8 @@ def run_corruption_suite(store, loaded, suite: CorruptionSuite, *, clean=None, i
         clean_error = 1.0 - clean_job["summary"]["accuracy"]
     summary = {"suite": suite.name, "source": source, "entries": entries, "clean_error": clean_error,
                "mean_error": sum(errors.values()) / len(errors), "upsampled": any(e["upsampled"] for e in entries),
-               "skipped_images": max(e["skipped_images"] for e in entries)}
+               "skipped_images": max(e["skipped_images"] for e in entries),
+               "resized": next((e["resized"] for e in entries if e.get("resized")), None)}
     if num_classes == 1000:
         summary.update(summarize_corruptions(errors, clean_error=clean_error, baseline=baseline))
     else:
