@@ -67,7 +67,7 @@ def run_demo(out_dir: Path, plan: DemoPlan, *, data_root: str | None = None, pro
     from ellbench.tasks.corruption import corrupted_datasets, run_corruption_suite
     from ellbench.tasks.eval import run_eval
     from ellbench.tasks.profile import run_profile
-    from ellbench.train import TrainConfig, train
+    from ellbench.train import TrainConfig, record_training, train
 
     out_dir = Path(out_dir)
     test_set = open_dataset(plan.dataset, "test", root=data_root, limit=plan.limit)  # fails before any file exists
@@ -80,9 +80,11 @@ def run_demo(out_dir: Path, plan: DemoPlan, *, data_root: str | None = None, pro
         for name in plan.models:
             config = TrainConfig(model=name, dataset=plan.dataset, epochs=plan.epochs, batch_size=plan.batch_size,
                                  lr=plan.lr, seed=seed, limit=plan.train_limit)
-            record = train(config, out_dir / "checkpoints", data_root=data_root, progress=progress)
+            record = train(config, out_dir / "checkpoints", data_root=data_root, progress=progress,
+                           eval_set=test_set)  # the training curve: test accuracy after each epoch
             checkpoint = str(out_dir / "checkpoints" / f"{name}-{plan.dataset}-seed{seed}.safetensors")
             loaded = load_for_eval(name, checkpoint, dataset=test_set, seed=seed)
+            record_training(store, record, checkpoint_id=loaded.checkpoint_id)
             clean = run_eval(store, loaded, test_set, batch_size=EVAL_BATCH, seed=seed, progress=progress)
             attacked = run_attack_suite(store, loaded, test_set, attack_entries, batch_size=EVAL_BATCH, seed=seed,
                                         progress=progress)

@@ -62,16 +62,27 @@ def test_study_command_regenerates_its_report(run_ellbench, tmp_path, tiny_fashi
         outcomes = store.outcomes(clean_job["id"])
         assert len(outcomes) == 12
         assert float(row["clean_accuracy"]) == pytest.approx(outcomes["correct"].mean(), abs=1e-12)
+        # The training curve's last point (measured inside training) is the same weights' accuracy on the same test
+        # images, which the clean job measured through another path.
+        (curve,) = [job for job in store.jobs(task="train", model=row["model"], seed=int(row["seed"]))
+                    if job["checkpoint"] == clean_job["checkpoint"]]
+        assert [entry["epoch"] for entry in curve["summary"]["history"]] == [1]
+        assert curve["summary"]["history"][-1]["test_accuracy"] == pytest.approx(outcomes["correct"].mean(),
+                                                                                 abs=1e-12)
     store.close()
 
     for name in ("results.md", "results.csv", "results_seeds.csv", "results_long.csv", "comparison.md",
                  "checks.csv", "robust_vs_eps.png", "accuracy_vs_severity.png", "collapse_per_layer.png",
-                 "robustness_vs_throughput.png"):
+                 "robustness_vs_throughput.png", "training.csv", "training_curves.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     with open(out / "results_seeds.csv", newline="") as handle:
         seeds = list(csv.DictReader(handle))
     clean = [r for r in seeds if r["label"] == "clean"]
     assert len(clean) == len(MODELS) and all(int(float(r["n"])) == 2 for r in clean), clean
+    with open(out / "training.csv", newline="") as handle:
+        training = {(r["model"], r["metric"]): float(r["epoch 1"]) for r in csv.DictReader(handle)}
+    assert set(training) == {(m, k) for m in MODELS for k in ("train_accuracy", "test_accuracy")}
+    assert "## Training curves" in (out / "results.md").read_text()
     comparison = (out / "comparison.md").read_text()
     assert "elliptical_micro_patch4_32" in comparison and "McNemar" in comparison
 

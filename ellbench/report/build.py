@@ -64,7 +64,8 @@ def build_report(store, out_dir, *, formats=("md", "csv", "png"), models=None, r
     comparisons = [compare_models(store, a, b, seed=seed, resamples=resamples) for a, b in (compare or [])]
     tables = {"results": pivot_table(long), "results_seeds": seed_table(long), "results_long": long,
               "corruptions": detail_table(long, "corruption", "label"),
-              "collapse_layers": detail_table(long, "collapse", "label"), "checks": checks}
+              "collapse_layers": detail_table(long, "collapse", "label"), "training": training_table(long),
+              "checks": checks}
     if reference:
         tables["reference"] = references
     if comparisons:
@@ -117,6 +118,11 @@ def _report_markdown(long, tables, checks, references, reference_notes, notes, p
     if len(tables["collapse_layers"]):
         parts.append(_section("Collapse per layer", markdown_table(tables["collapse_layers"]),
                               "Mean pairwise cosine similarity of the tokens leaving each attention layer."))
+    if len(tables["training"]):
+        parts.append(_section("Training curves", markdown_table(tables["training"]),
+                              "Accuracy per epoch (mean over checkpoints of each model): on the training batches "
+                              "seen during the epoch, and on the test set after it where training had one (the demo "
+                              "and the study train with their test set)."))
     if len(checks):
         parts.append(_section("Attack trust checks", _checks_markdown(checks),
                               "Budget respected, robust <= clean, monotone in eps, PGD at least as strong as FGSM; "
@@ -136,6 +142,17 @@ def _report_markdown(long, tables, checks, references, reference_notes, notes, p
     if plots:
         parts.append(_section("Plots", "\n\n".join(images + skipped)))
     return "\n".join(parts)
+
+
+def training_table(long):
+    """Models x epochs of the training curves: one row per (model, metric), means over checkpoints."""
+    rows = long[long["table"] == "training"]
+    if rows.empty:
+        return rows
+    rows = rows.assign(value=rows["value"].astype(float), epoch=rows["epoch"].astype(int))
+    wide = rows.groupby(["model", "metric", "epoch"], sort=False)["value"].mean().unstack("epoch")
+    wide.columns = [f"epoch {epoch}" for epoch in wide.columns]
+    return wide.reset_index()
 
 
 def transform_table(long):

@@ -56,6 +56,15 @@ def collapse_data(long):
     return table.assign(series=_series_name(table))
 
 
+def training_data(long):
+    """Accuracy per (model, metric, epoch) of the training curves: mean, std and runs over checkpoints (seeds)."""
+    rows = long[long["table"] == "training"]
+    if rows.empty:
+        return rows
+    table = _mean_over_checkpoints(rows.assign(epoch=rows["epoch"].astype(int)), ["model", "metric", "epoch"])
+    return table.assign(series=table["model"])
+
+
 def robustness_throughput_data(long):
     """Per model: robust accuracy under PGD at its smallest eps (paper protocol when stored) vs throughput.
 
@@ -161,6 +170,20 @@ def plot_collapse(data) -> bytes:
     return _figure_png(figure)
 
 
+def plot_training(data) -> bytes:
+    """Training curves: accuracy per epoch on the training batches and on the test set, one line per model."""
+    metrics = [m for m in ("train_accuracy", "test_accuracy") if (data["metric"] == m).any()]
+    figure, axes = _panels(len(metrics), width=5.0, height=3.8)
+    for ax, metric in zip(axes, metrics, strict=True):
+        for series, line in data[data["metric"] == metric].groupby("series", sort=True):
+            line = line.sort_values("epoch")
+            _line(ax, line["epoch"], line["mean"], line["std"], series)
+        ax.set(title=metric.replace("_", " ") + " per epoch", xlabel="epoch", ylabel="accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _figure_png(figure)
+
+
 def plot_robustness_throughput(data) -> bytes:
     """Scatter of robust accuracy (%) vs throughput (img/s), one labelled point per model (the paper's Fig. 4 view)."""
     figure, (ax,) = _panels(1, width=6.0, height=4.2)
@@ -182,4 +205,5 @@ PLOTS = {  # file stem: (data function, plot function, what is missing when the 
     "collapse_per_layer": (collapse_data, plot_collapse, "no collapse results"),
     "robustness_vs_throughput": (robustness_throughput_data, plot_robustness_throughput,
                                  "no model has both a PGD result and a profile"),
+    "training_curves": (training_data, plot_training, "no training curves in the store"),
 }

@@ -25,8 +25,9 @@ PROFILE_METRICS = (  # summary key, column label, unit
     ("params", "params", "count"),
 )
 LONG_COLUMNS = ("model", "checkpoint", "seed", "task", "metric", "label", "table", "attack", "name", "protocol", "eps",
-                "corruption", "severity", "layer", "value", "n", "note", "job_id", "data", "data_name", "transform",
-                "settings", "ellbench_version", "torch", "timm", "git_commit", "device", "finished_utc", "source")
+                "corruption", "severity", "layer", "epoch", "value", "n", "note", "job_id", "data", "data_name",
+                "transform", "settings", "ellbench_version", "torch", "timm", "git_commit", "device", "finished_utc",
+                "source")
 TOP5_METRICS = ("top5_accuracy", "robust_top5_accuracy")  # top-5 beside top-1 where the paper gives it
 
 
@@ -144,6 +145,22 @@ def _profile_rows(job: dict) -> list[dict]:
     return rows
 
 
+TRAINING_METRICS = {"train_accuracy": "train accuracy", "test_accuracy": "test accuracy"}
+
+
+def _train_rows(job: dict) -> list[dict]:
+    """The training curve of a checkpoint (a 'train' result: its sidecar's per-epoch history), one row per epoch and
+    metric: accuracy on the training batches seen that epoch and, where training had a test set, on it after the
+    epoch."""
+    rows = []
+    for entry in (job.get("summary") or {}).get("history", []):
+        for metric, name in TRAINING_METRICS.items():
+            if entry.get(metric) is not None:
+                rows.append(_row(job, metric, f"{name} epoch {entry['epoch']}", float(entry[metric]), None,
+                                 table="training", source="summary", epoch=int(entry["epoch"])))
+    return rows
+
+
 OUTCOME_ROWS = {"clean": _clean_rows, "attack": _attack_rows, "corruption": _corruption_rows,
                  "imagenet-a": _shift_rows, "imagenet-r": _shift_rows, "collapse": _collapse_rows}
 
@@ -181,9 +198,11 @@ def long_results(store, *, models=None, jobs=None):
                 accuracy_by_job[job["id"]] = _accuracy(outcomes)
         elif job["task"] == "profile":
             rows += _profile_rows(job)
+        elif job["task"] == "train":
+            rows += _train_rows(job)
     rows += _corruption_aggregate_rows(jobs, accuracy_by_job)
     frame = pd.DataFrame(rows, columns=list(LONG_COLUMNS)) if rows else pd.DataFrame(columns=list(LONG_COLUMNS))
-    frame = _label_data_sets(frame.astype({"n": "Int64", "severity": "Int64", "layer": "Int64"}))
+    frame = _label_data_sets(frame.astype({"n": "Int64", "severity": "Int64", "layer": "Int64", "epoch": "Int64"}))
     return _newest_per_cell(frame)
 
 
