@@ -17,7 +17,7 @@ import resource
 
 import timm
 import torch
-import torch.nn.functional as F
+from attention import make_pass  # benchmarks/attention.py: the same forward pass and training step
 from torch.profiler import ProfilerActivity, profile
 
 import ellbench.models  # noqa: F401  (registers ellbench's models with timm)
@@ -34,27 +34,6 @@ def build_pair(size: str, variant: str) -> dict:
     other = timm.create_model(MODEL_NAMES[size].format(family=variant))
     other.load_state_dict(deit.state_dict(), strict=True)
     return {"deit": deit, variant: other}
-
-
-def make_pass(model, images, labels, mode: str):
-    """One forward pass (inference mode) or one training step, as a function of no arguments."""
-    if mode == "forward":
-        model.eval()
-
-        def forward():
-            with torch.inference_mode():
-                model(images)
-
-        return forward
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-
-    return train_step
 
 
 def profile_passes(step, passes: int) -> tuple[dict, list[int]]:
@@ -101,7 +80,7 @@ def main() -> None:
     side = models["deit"].pretrained_cfg["input_size"][-1]
     images = torch.rand(args.batch, 3, side, side, generator=torch.Generator().manual_seed(0))
     labels = torch.randint(0, models["deit"].num_classes, (args.batch,), generator=torch.Generator().manual_seed(1))
-    results = {key: profile_passes(make_pass(model, images, labels, args.mode), args.passes)
+    results = {key: profile_passes(make_pass(model, images, labels, args.mode, amp=False), args.passes)
                for key, model in models.items()}  # fmt: skip
 
     deit_ops, other_ops = (by_op(results[key][0]) for key in models)
