@@ -46,9 +46,6 @@ from ellbench.corruptions import ALL_CORRUPTIONS, MIN_SIDE, check_corruption, co
 from ellbench.errors import EllbenchError
 
 TORCH_BACKEND_VERSION = "torch-1"  # bump when any output changes; part of job and cache keys
-# Float32 arithmetic can land a hair below a level that exact arithmetic reaches; this much (in 8-bit levels) is
-# added before truncating to 8 bits so that such values keep their level.
-LEVEL_TOLERANCE = 1e-3
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -149,8 +146,8 @@ def _gaussian_filter(x: torch.Tensor, sigma, *, mode: str = "nearest", truncate:
 
 
 def _to_levels(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] values -> 8-bit levels 0..255 (as floats), clipped then truncated like NumPy's uint8 cast."""
-    return torch.floor(x.clamp(0, 1) * 255 + LEVEL_TOLERANCE).clamp_(0, 255)
+    """[0, 1] values -> 8-bit levels 0..255 (float32), clipped then truncated like imagecorruptions' uint8 cast."""
+    return torch.floor(x.clamp(0, 1) * 255).float()
 
 
 def _clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -609,28 +606,59 @@ def contrast(x, severity, generators):
     return (x - means) * CONTRAST[severity] + means
 
 
+def _as_float64(x: torch.Tensor) -> torch.Tensor:
+    """The float64 level / 255 that imagecorruptions computes (not the float32 value widened)."""
+    return torch.round(x * 255).double() / 255
+
+
+def _rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
+    """RGB [B, 3, H, W] in [0, 1] -> HSV, the standard formulas in the operation order of skimage.color.rgb2hsv.
+
+    Run in float64 so that the values, and so the 8-bit truncation of results that land a hair below a level, are
+    those of imagecorruptions (its HSV corruptions truncate e.g. 197.99999999999997 to 197).
+    """
+    red, green, blue = rgb.unbind(1)
+    value = rgb.amax(dim=1)
+    delta = value - rgb.amin(dim=1)
+    flat = delta == 0
+    safe_delta = torch.where(flat, 1.0, delta)
+    saturation = torch.where(flat, 0.0, delta / torch.where(value == 0, 1.0, value))
+    hue = torch.where(blue == value, 4.0 + (red - green) / safe_delta,  # skimage: the last matching channel wins
+                      torch.where(green == value, 2.0 + (blue - red) / safe_delta, (green - blue) / safe_delta))
+    hue = torch.where(flat, 0.0, torch.remainder(hue / 6.0, 1.0))
+    return torch.stack([hue, saturation, value], dim=1)
+
+
+def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """HSV -> RGB, the standard sector formulas in the operation order of skimage.color.hsv2rgb."""
+    hue, saturation, value = hsv.unbind(1)
+    sector = torch.floor(hue * 6)
+    fraction = hue * 6 - sector
+    sector = sector.remainder(6)
+    p = value * (1 - saturation)
+    q = value * (1 - fraction * saturation)
+    t = value * (1 - (1 - fraction) * saturation)
+    choices = {0: (value, t, p), 1: (q, value, p), 2: (p, value, t), 3: (p, q, value), 4: (t, p, value),
+               5: (value, p, q)}
+    rgb = torch.zeros_like(hsv)
+    for index, channels in choices.items():
+        rgb = torch.where((sector == index)[:, None], torch.stack(channels, dim=1), rgb)
+    return rgb
+
+
 def brightness(x, severity, generators):
-    """HSV value + c, hue and saturation kept: every channel scales by new value / value (black becomes grey c)."""
-    value = x.amax(dim=1, keepdim=True)
-    new_value = (value + BRIGHTNESS[severity]).clamp(max=1)
-    return torch.where(value > 0, x * (new_value / value.clamp(min=1e-12)), new_value)
+    """HSV value + c, clipped to 1; hue and saturation kept."""
+    hsv = _rgb_to_hsv(_as_float64(x))
+    hsv[:, 2] = (hsv[:, 2] + BRIGHTNESS[severity]).clamp(0, 1)
+    return _hsv_to_rgb(hsv)
 
 
 def saturate(x, severity, generators):
-    """HSV saturation * a + b, hue and value kept.
-
-    In HSV each channel is value * (1 - saturation * w) with w = (value - channel) / (value - min) fixed by the
-    hue; skimage gives grey pixels hue 0 (red), so their w is (0, 1, 1).
-    """
+    """HSV saturation * a + b, clipped to [0, 1]; hue and value kept (grey pixels have hue 0, so they turn red)."""
     scale, shift = SATURATE[severity]
-    value, low = x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True)
-    delta = value - low
-    grey = delta == 0
-    saturation = torch.where(grey, 0.0, delta / value.clamp(min=1e-12))
-    weight = torch.where(grey, torch.tensor([0.0, 1.0, 1.0], device=x.device).view(1, 3, 1, 1),
-                         (value - x) / delta.clamp(min=1e-12))
-    new_saturation = (saturation * scale + shift).clamp(0, 1)
-    return value * (1 - new_saturation * weight)
+    hsv = _rgb_to_hsv(_as_float64(x))
+    hsv[:, 1] = (hsv[:, 1] * scale + shift).clamp(0, 1)
+    return _hsv_to_rgb(hsv)
 
 
 def jpeg_compression(x, severity, generators):
