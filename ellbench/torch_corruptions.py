@@ -110,10 +110,23 @@ def _border_index(size: int, pad: int, mode: str, device) -> torch.Tensor:
     raise ValueError(f"unknown border mode {mode!r}")
 
 
-def _pad(x: torch.Tensor, pad: int, mode: str, dims=(-2, -1)) -> torch.Tensor:
-    for dim in dims:
-        x = x.index_select(dim, _border_index(x.shape[dim], pad, mode, x.device))
-    return x
+_TORCH_PAD_MODES = {"nearest": "replicate", "mirror": "reflect"}
+
+
+def _pad_axis(x: torch.Tensor, pad: int, mode: str, dim: int) -> torch.Tensor:
+    """Pad one of the last two axes of a [..., H, W] tensor by `pad` on both sides under a border rule."""
+    size = x.shape[dim]
+    torch_mode = _TORCH_PAD_MODES.get(mode)
+    if torch_mode and x.dim() in (3, 4) and x.is_floating_point() and (mode == "nearest" or pad < size):
+        return F.pad(x, (pad, pad, 0, 0) if dim == -1 else (0, 0, pad, pad), mode=torch_mode)
+    if mode == "reflect" and pad <= size:
+        return torch.cat([x.narrow(dim, 0, pad).flip(dim), x, x.narrow(dim, size - pad, pad).flip(dim)], dim=dim)
+    return x.index_select(dim, _border_index(size, pad, mode, x.device))
+
+
+def _pad(x: torch.Tensor, pad: int, mode: str) -> torch.Tensor:
+    """Pad the last two axes by `pad` on every side under a border rule (see _border_index)."""
+    return _pad_axis(_pad_axis(x, pad, mode, -2), pad, mode, -1)
 
 
 def _gaussian_weights(sigma: float, truncate: float) -> np.ndarray:
@@ -130,11 +143,11 @@ def _correlate_axis(x: torch.Tensor, weights: np.ndarray, dim: int, mode: str) -
     if radius == 0:
         return x * float(weights[0])
     size = x.shape[dim]
-    padded = x.index_select(dim, _border_index(size, radius, mode, x.device))
+    padded = _pad_axis(x, radius, mode, dim)
     out = padded.narrow(dim, radius, size) * float(weights[radius])
-    for k in range(1, radius + 1):  # mirror pairs share a weight: one multiply per pair
+    for k in range(1, radius + 1):  # mirror pairs share a weight: one multiply-add per pair
         pair = padded.narrow(dim, radius - k, size) + padded.narrow(dim, radius + k, size)
-        out = out + pair * float(weights[radius + k])
+        out.add_(pair, alpha=float(weights[radius + k]))
     return out
 
 
@@ -200,7 +213,7 @@ def _motion_blur(x: torch.Tensor, radius: int, sigma: float, angles: Sequence[fl
     for image, plan in zip(padded, plans, strict=True):
         acc = torch.zeros_like(x[0])
         for weight, (dy, dx) in zip(weights, plan, strict=False):
-            acc = acc + float(weight) * image[..., pad - dy:pad - dy + height, pad - dx:pad - dx + width]
+            acc.add_(image[..., pad - dy:pad - dy + height, pad - dx:pad - dx + width], alpha=float(weight))
         out.append(acc)
     return torch.stack(out)
 
@@ -303,10 +316,57 @@ def _apply_gaussian_noise(x, severity, normal):
 
 
 def shot_noise(x, severity, generators):
+    uniforms = _draw(generators, lambda g: torch.rand(x.shape[1:], generator=g), x.device)
+    return _apply_shot_noise(x, severity, uniforms)
+
+
+def _apply_shot_noise(x, severity, uniforms):
+    """Poisson(level / 255 * photons) / photons, sampled by inverting the exact CDF at a uniform u.
+
+    An 8-bit image has only 256 rates, so their CDFs are tabulated once. A guide table (Chen and Asau's method)
+    gives, for each rate and each of GUIDE_BUCKETS equal slices of [0, 1), where in the flattened CDF table the
+    slice's first count sits; the few uniforms that need it then step up until CDF(count) > u.
+    """
     photons = SHOT_NOISE[severity]
-    rates = (x * photons).cpu()
-    counts = torch.stack([torch.poisson(rate, generator=g) for rate, g in zip(rates, generators, strict=True)])
-    return counts.to(x.device) / photons
+    cdf, row_start, guide = (t.to(x.device) for t in _poisson_tables(photons))
+    levels = torch.round(x * 255).to(torch.int32).flatten()
+    u = uniforms.flatten()
+    bucket = (u * GUIDE_BUCKETS).to(torch.int32).clamp_(max=GUIDE_BUCKETS - 1)
+    position = guide.index_select(0, levels * GUIDE_BUCKETS + bucket)  # index into the flattened CDF table
+    active = (cdf.index_select(0, position) <= u).nonzero().flatten()
+    while active.numel():
+        position.index_add_(0, active, torch.ones_like(active, dtype=position.dtype))
+        active = active[cdf.index_select(0, position.index_select(0, active)) <= u.index_select(0, active)]
+    return (position - row_start.index_select(0, levels)).view_as(x).to(x.dtype) / photons
+
+
+GUIDE_BUCKETS = 256
+
+
+@functools.lru_cache(maxsize=8)
+def _poisson_tables(photons: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For rates k / 255 * photons, k = 0..255: the CDFs P(N <= n) flattened row after row (float32), each row's
+    start, and the guide table [256 * GUIDE_BUCKETS]: row start + #{n : CDF(n) <= j / GUIDE_BUCKETS}.
+
+    A row runs until its CDF is within 1e-16 of 1; its last entry is set to 1 so that every u < 1 finds a count.
+    """
+    rows, guides, start = [], [], 0
+    slices = torch.arange(GUIDE_BUCKETS, dtype=torch.float64) / GUIDE_BUCKETS
+    for level in range(256):
+        rate = level / 255.0 * photons
+        pmf, n = math.exp(-rate), 0
+        total, cdf = pmf, []
+        while 1.0 - total > 1e-16 and n < 10 * photons + 100:
+            cdf.append(total)
+            n += 1
+            pmf *= rate / n
+            total += pmf
+        row = torch.tensor([*cdf, 1.0], dtype=torch.float64).float()
+        guides.append(start + torch.searchsorted(row.double(), slices, right=True))
+        rows.append(row)
+        start += len(row)
+    row_start = torch.tensor([0] + [len(r) for r in rows[:-1]]).cumsum(0).to(torch.int32)
+    return torch.cat(rows), row_start, torch.cat(guides).to(torch.int32)
 
 
 def impulse_noise(x, severity, generators):
@@ -438,7 +498,7 @@ def zoom_blur(x, severity, generators):
     factors = np.arange(*ZOOM_BLUR[severity])
     acc = torch.zeros_like(x)
     for factor in factors:
-        acc = acc + _clipped_zoom(x, factor)[..., :height, :width]
+        acc.add_(_clipped_zoom(x, factor)[..., :height, :width])
     return (x + acc) / (len(factors) + 1)
 
 
@@ -638,12 +698,10 @@ def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     p = value * (1 - saturation)
     q = value * (1 - fraction * saturation)
     t = value * (1 - (1 - fraction) * saturation)
-    choices = {0: (value, t, p), 1: (q, value, p), 2: (p, value, t), 3: (p, q, value), 4: (t, p, value),
-               5: (value, p, q)}
-    rgb = torch.zeros_like(hsv)
-    for index, channels in choices.items():
-        rgb = torch.where((sector == index)[:, None], torch.stack(channels, dim=1), rgb)
-    return rgb
+    candidates = torch.stack([value, t, p, q], dim=1)
+    # (R, G, B) of each sector, as indices into (value, t, p, q)
+    pick = torch.tensor([[0, 1, 2], [3, 0, 2], [2, 0, 1], [2, 3, 0], [1, 2, 0], [0, 2, 3]], device=hsv.device)
+    return candidates.gather(1, pick[sector.long()].permute(0, 3, 1, 2))
 
 
 def brightness(x, severity, generators):
@@ -832,7 +890,7 @@ def _equalize_hist(levels: torch.Tensor) -> torch.Tensor:
         cdf = torch.cumsum(hist, 0) - hist[first]
         lut = torch.clamp(torch.round(cdf.double() * scale), 0, 255)
         lut[:first + 1] = 0
-        out.append(lut[flat].view_as(image))
+        out.append(lut.index_select(0, flat).view_as(image))
     return torch.stack(out).to(levels.dtype)
 
 
@@ -854,10 +912,19 @@ STOCHASTIC = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "mo
 # Public entry points
 
 
+CPU_CHUNK = 4  # images per pass on the CPU: small enough that a pass's tensors stay in cache
+
+
 def corrupt_levels(levels: torch.Tensor, corruption: str, severity: int, seeds: Sequence[int]) -> torch.Tensor:
-    """Corrupt 8-bit levels (float [B, 3, H, W], integers 0..255, short side >= 32); returns levels the same way."""
-    result = CORRUPTIONS[corruption](levels / 255, severity, _generators(seeds))
-    return _to_levels(result)
+    """Corrupt 8-bit levels (float [B, 3, H, W], integers 0..255, short side >= 32); returns levels the same way.
+
+    On the CPU the batch goes through in chunks of CPU_CHUNK images (the results are the same either way).
+    """
+    function = CORRUPTIONS[corruption]
+    chunk = CPU_CHUNK if levels.device.type == "cpu" else len(levels)
+    parts = [_to_levels(function(levels[i:i + chunk] / 255, severity, _generators(seeds[i:i + chunk])))
+             for i in range(0, len(levels), chunk)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def corrupt_batch(images: torch.Tensor, corruption: str, severity: int, seeds: Sequence[int]) -> torch.Tensor:

@@ -75,6 +75,34 @@ def test_results_do_not_depend_on_batch_size_order_or_threads(photos):
         assert torch.equal(batched, reversed_order), corruption
 
 
+def test_odd_sizes_do_not_depend_on_batch_or_threads():
+    """Non-square images whose rows are not a whole number of SIMD vectors (the tails take another code path)."""
+    images = torch.nn.functional.interpolate(as_batch(sample_photographs(5, 64)), size=(45, 37), mode="area")
+    images = (images * 255).round() / 255
+    for corruption in ALL_CORRUPTIONS:
+        seeds = tc.image_seeds(images, corruption, 2)
+        torch.set_num_threads(2)
+        batched = tc.corrupt_batch(images, corruption, 2, seeds)
+        torch.set_num_threads(1)
+        single = torch.cat([tc.corrupt_batch(images[i:i + 1], corruption, 2, seeds[i:i + 1]) for i in range(5)])
+        assert torch.equal(batched, single), corruption
+
+
+def test_shot_noise_samples_the_exact_poisson_distribution():
+    """Inverting the tabulated CDF at evenly spaced u gives scipy's Poisson pmf to the grid's resolution."""
+    stats = pytest.importorskip("scipy.stats")
+    count = 100_000
+    grid = ((torch.arange(count, dtype=torch.float64) + 0.5) / count).float().view(1, 1, 1, count)
+    for severity in (1, 3, 5):
+        photons = tc.SHOT_NOISE[severity]
+        for level in (0, 1, 100, 255):
+            images = torch.full((1, 1, 1, count), level / 255)
+            counts = (tc._apply_shot_noise(images, severity, grid) * photons).round().long().flatten()
+            frequency = torch.bincount(counts).double().numpy() / count
+            pmf = stats.poisson.pmf(np.arange(len(frequency)), level / 255 * photons)
+            assert np.abs(frequency - pmf).max() < 2e-5
+
+
 class CorruptedPhotos(torch.utils.data.Dataset):
     def __init__(self, photos, corruption):
         self.images, self.corruption = as_batch(photos), corruption
