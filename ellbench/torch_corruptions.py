@@ -251,20 +251,23 @@ def _pil_coefficients(in_size: int, out_size: int, filter_name: str) -> tuple[np
 
 
 def _pil_resample_axis(levels: torch.Tensor, out_size: int, dim: int, filter_name: str) -> torch.Tensor:
+    """One pass of Pillow's resampling along `dim` of int32 levels. Box and bilinear weights are non-negative and
+    sum to about 2^22, so 255 * 2^22 + rounding stays below 2^31: int32 is exact."""
     index, fixed = _pil_coefficients(levels.shape[dim], out_size, filter_name)
-    index, fixed = torch.from_numpy(index).to(levels.device), torch.from_numpy(fixed).to(levels.device)
+    index = torch.from_numpy(index).to(levels.device)
+    fixed = torch.from_numpy(fixed.astype(np.int32)).to(levels.device)
     shape = [1] * levels.dim()
     shape[dim] = out_size
-    acc = torch.full((), 1 << (_PIL_PRECISION_BITS - 1), dtype=torch.int64, device=levels.device)
-    for t in range(index.shape[1]):
-        acc = acc + levels.index_select(dim, index[:, t]) * fixed[:, t].reshape(shape)
+    acc = levels.index_select(dim, index[:, 0]) * fixed[:, 0].reshape(shape) + (1 << (_PIL_PRECISION_BITS - 1))
+    for t in range(1, index.shape[1]):
+        acc.add_(levels.index_select(dim, index[:, t]) * fixed[:, t].reshape(shape))
     return (acc >> _PIL_PRECISION_BITS).clamp_(0, 255)
 
 
 def pil_resize(levels: torch.Tensor, size: tuple[int, int], filter_name: str) -> torch.Tensor:
     """Pillow's Image.resize((W, H), BOX or BILINEAR) of 8-bit images [..., H, W] given as integer levels."""
     height, width = size
-    out = levels.to(torch.int64)
+    out = levels.to(torch.int32)
     if out.shape[-1] != width:
         out = _pil_resample_axis(out, width, -1, filter_name)
     if out.shape[-2] != height:
@@ -942,6 +945,8 @@ def corrupt_batch(images: torch.Tensor, corruption: str, severity: int, seeds: S
     check_corruption(corruption, severity)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
         raise EllbenchError(f"expected float images [B, 3, H, W], got {getattr(images, 'shape', type(images))}")
+    if not images.is_floating_point():
+        raise EllbenchError(f"expected float images in [0, 1], got {images.dtype}")
     if len(seeds) != len(images):
         raise EllbenchError(f"got {len(seeds)} seeds for {len(images)} images")
     if len(images) == 0:

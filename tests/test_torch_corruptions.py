@@ -303,6 +303,8 @@ def test_bad_input_is_one_line_error():
         tc.corrupt_batch(images, "fog", 1, [0])
     with pytest.raises(EllbenchError, match=r"\[B, 3, H, W\]"):
         tc.corrupt_batch(images[0], "fog", 1, [0])
+    with pytest.raises(EllbenchError, match="float images"):
+        tc.corrupt_batch((images * 255).to(torch.uint8), "fog", 1, [0, 1])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
