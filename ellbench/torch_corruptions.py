@@ -138,16 +138,24 @@ def _gaussian_weights(sigma: float, truncate: float) -> np.ndarray:
 
 
 def _correlate_axis(x: torch.Tensor, weights: np.ndarray, dim: int, mode: str) -> torch.Tensor:
-    """Correlate along one axis with a symmetric odd-length kernel, as shifted adds (order fixed by the kernel)."""
+    """Correlate along one axis with a symmetric odd-length kernel, as shifted adds (order fixed by the kernel).
+
+    Float64 input is summed as scipy.ndimage.correlate1d sums a symmetric kernel (centre, then each mirror pair
+    added before its multiply, no fused multiply-add), so it gives scipy's values bit for bit.
+    """
     radius = len(weights) // 2
     if radius == 0:
         return x * float(weights[0])
     size = x.shape[dim]
     padded = _pad_axis(x, radius, mode, dim)
     out = padded.narrow(dim, radius, size) * float(weights[radius])
+    exact = x.dtype == torch.float64
     for k in range(1, radius + 1):  # mirror pairs share a weight: one multiply-add per pair
         pair = padded.narrow(dim, radius - k, size) + padded.narrow(dim, radius + k, size)
-        out.add_(pair, alpha=float(weights[radius + k]))
+        if exact:
+            out = out + pair * float(weights[radius + k])
+        else:
+            out.add_(pair, alpha=float(weights[radius + k]))
     return out
 
 
@@ -161,6 +169,11 @@ def _gaussian_filter(x: torch.Tensor, sigma, *, mode: str = "nearest", truncate:
 def _to_levels(x: torch.Tensor) -> torch.Tensor:
     """[0, 1] values -> 8-bit levels 0..255 (float32), clipped then truncated like imagecorruptions' uint8 cast."""
     return torch.floor(x.clamp(0, 1) * 255).float()
+
+
+def _as_float64(x: torch.Tensor) -> torch.Tensor:
+    """The float64 level / 255 that imagecorruptions computes (not the float32 value widened)."""
+    return torch.round(x * 255).double() / 255
 
 
 def _clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -203,17 +216,21 @@ def _motion_shifts(radius: int, angle: float, height: int, width: int) -> list[t
 
 
 def _motion_blur(x: torch.Tensor, radius: int, sigma: float, angles: Sequence[float]) -> torch.Tensor:
-    """Sum of edge-replicated shifts of each image [C, H, W] along its own angle (imagecorruptions' _motion_blur)."""
+    """Sum of edge-replicated shifts of each image [C, H, W] along its own angle (imagecorruptions' _motion_blur).
+
+    In float64, multiplying then adding tap by tap, as imagecorruptions does: on flat regions the exact sum is the
+    pixel's own level, and only the same rounding truncates it to the same 8-bit level.
+    """
     height, width = x.shape[-2:]
     weights = _motion_kernel(radius, sigma)
     plans = [_motion_shifts(radius, float(a), height, width) for a in angles]
     pad = max((max(abs(dy), abs(dx)) for plan in plans for dy, dx in plan), default=0)
-    padded = _pad(x, pad, "nearest")
+    padded = _pad(x.double(), pad, "nearest")
     out = []
     for image, plan in zip(padded, plans, strict=True):
-        acc = torch.zeros_like(x[0])
+        acc = torch.zeros_like(image[..., :height, :width])
         for weight, (dy, dx) in zip(weights, plan, strict=False):
-            acc.add_(image[..., pad - dy:pad - dy + height, pad - dx:pad - dx + width], alpha=float(weight))
+            acc = acc + float(weight) * image[..., pad - dy:pad - dy + height, pad - dx:pad - dx + width]
         out.append(acc)
     return torch.stack(out)
 
@@ -401,7 +418,7 @@ ZOOM_BLUR = {1: (1, 1.11, 0.01), 2: (1, 1.16, 0.01), 3: (1, 1.21, 0.02), 4: (1, 
 
 
 def gaussian_blur(x, severity, generators):
-    return _gaussian_filter(x, GAUSSIAN_BLUR[severity])
+    return _gaussian_filter(_as_float64(x), GAUSSIAN_BLUR[severity])  # float64, as skimage filters
 
 
 def _draw_glass_offsets(x, severity, generators):
@@ -419,7 +436,7 @@ def glass_blur(x, severity, generators):
 def _apply_glass_blur(x, severity, offsets):
     """offsets: int [B, rounds, 2 (dy, dx), H - 2 reach, W - 2 reach], for pixels (reach+1 .. H-reach, ...)."""
     sigma, reach, rounds = GLASS_BLUR[severity]
-    levels = _to_levels(_gaussian_filter(x, sigma))  # imagecorruptions blurs, then truncates to uint8
+    levels = _to_levels(_gaussian_filter(_as_float64(x), sigma)).double()  # blurred, then truncated to uint8
     sources = None
     for r in range(rounds):
         step = _glass_sources(offsets[:, r], reach, *x.shape[-2:])
@@ -497,8 +514,9 @@ def motion_blur(x, severity, generators):
 
 
 def _apply_motion_blur(x, severity, angles):
+    """Blurs the 8-bit levels (imagecorruptions blurs the uint8 image): returns levels 0..255, float64."""
     radius, sigma = MOTION_BLUR[severity]
-    return _motion_blur(x, radius, sigma, angles)
+    return _motion_blur(torch.round(x * 255), radius, sigma, angles)
 
 
 def zoom_blur(x, severity, generators):
@@ -538,7 +556,7 @@ def _apply_snow(x, severity, fields, angles):
     flakes = _clipped_zoom(fields[:, None], zoom)  # [B, 1, >= H, >= W]
     flakes = torch.where(flakes < threshold, 0.0, flakes).clamp(0, 1)
     flakes = _motion_blur(flakes, radius, sigma, angles)
-    flakes = torch.round(flakes * 255)[..., :height, :width] / 255  # imagecorruptions rounds the layer to 8 bits
+    flakes = (torch.round(flakes * 255)[..., :height, :width] / 255).to(x.dtype)  # the layer rounded to 8 bits
     grey = x[:, 0:1] * 0.299 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114  # cv2 RGB2GRAY
     x = keep * x + (1 - keep) * torch.maximum(x, grey * 1.5 + 0.5)
     return x + flakes + flakes.flip(-2, -1)
@@ -586,11 +604,12 @@ def frost(x, severity, generators):
 
 
 def _apply_frost(x, severity, draws):
+    """c * image + c' * frost crop on 8-bit levels in float64, as imagecorruptions computes it: returns levels."""
     image_weight, frost_weight = FROST[severity]
     height, width = x.shape[-2:]
     crops = torch.stack([_frost_picture(index, height, width)[:, top:top + height, left:left + width]
-                         for index, top, left in draws]).to(x.device, x.dtype)
-    return image_weight * x + frost_weight * (crops / 255)
+                         for index, top, left in draws]).to(x.device, torch.float64)
+    return image_weight * torch.round(x * 255).double() + frost_weight * crops
 
 
 def _plasma_sizes(map_size: int) -> list[int]:
@@ -672,11 +691,6 @@ ELASTIC_ALPHA = {1: 250 * 0.05, 2: 250 * 0.065, 3: 250 * 0.085, 4: 250 * 0.1, 5:
 def contrast(x, severity, generators):
     means = x.double().mean(dim=(2, 3), keepdim=True).to(x.dtype)  # float64: a sum order never shows
     return (x - means) * CONTRAST[severity] + means
-
-
-def _as_float64(x: torch.Tensor) -> torch.Tensor:
-    """The float64 level / 255 that imagecorruptions computes (not the float32 value widened)."""
-    return torch.round(x * 255).double() / 255
 
 
 def _rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
@@ -911,6 +925,9 @@ CORRUPTIONS: dict[str, Callable] = {
 }
 assert tuple(CORRUPTIONS) == ALL_CORRUPTIONS  # same names, same order as imagecorruptions
 
+# Corruptions whose functions return 8-bit levels (0..255) rather than [0, 1]: imagecorruptions computes them on
+# the uint8 image's levels, and so do we, so that results that land exactly on a level truncate alike.
+LEVEL_OUTPUTS = ("motion_blur", "frost")
 # Stochastic corruptions draw from the per-image generator; the others are pure functions of the image.
 STOCHASTIC = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost", "fog",
               "elastic_transform", "speckle_noise", "spatter")
@@ -923,6 +940,13 @@ STOCHASTIC = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "mo
 CPU_CHUNK = 4  # images per pass on the CPU: small enough that a pass's tensors stay in cache
 
 
+def finish(corruption: str, values: torch.Tensor) -> torch.Tensor:
+    """A corruption function's output -> 8-bit levels (float32): values in [0, 1], or levels for LEVEL_OUTPUTS."""
+    if corruption in LEVEL_OUTPUTS:
+        return torch.floor(values.clamp(0, 255)).float()
+    return _to_levels(values)
+
+
 def corrupt_levels(levels: torch.Tensor, corruption: str, severity: int, seeds: Sequence[int]) -> torch.Tensor:
     """Corrupt 8-bit levels (float [B, 3, H, W], integers 0..255, short side >= 32); returns levels the same way.
 
@@ -930,7 +954,7 @@ def corrupt_levels(levels: torch.Tensor, corruption: str, severity: int, seeds: 
     """
     function = CORRUPTIONS[corruption]
     chunk = CPU_CHUNK if levels.device.type == "cpu" else len(levels)
-    parts = [_to_levels(function(levels[i:i + chunk] / 255, severity, _generators(seeds[i:i + chunk])))
+    parts = [finish(corruption, function(levels[i:i + chunk] / 255, severity, _generators(seeds[i:i + chunk])))
              for i in range(0, len(levels), chunk)]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
