@@ -150,10 +150,11 @@ def _correlate_axis(x: torch.Tensor, weights: np.ndarray, dim: int, mode: str) -
     padded = _pad_axis(x, radius, mode, dim)
     out = padded.narrow(dim, radius, size) * float(weights[radius])
     exact = x.dtype == torch.float64
-    for k in range(1, radius + 1):  # mirror pairs share a weight: one multiply-add per pair
-        pair = padded.narrow(dim, radius - k, size) + padded.narrow(dim, radius + k, size)
+    pair = torch.empty_like(out)
+    for k in range(1, radius + 1):  # mirror pairs share a weight: one multiply per pair
+        torch.add(padded.narrow(dim, radius - k, size), padded.narrow(dim, radius + k, size), out=pair)
         if exact:
-            out = out + pair * float(weights[radius + k])
+            out.add_(pair.mul_(float(weights[radius + k])))
         else:
             out.add_(pair, alpha=float(weights[radius + k]))
     return out
@@ -229,8 +230,10 @@ def _motion_blur(x: torch.Tensor, radius: int, sigma: float, angles: Sequence[fl
     out = []
     for image, plan in zip(padded, plans, strict=True):
         acc = torch.zeros_like(image[..., :height, :width])
+        term = torch.empty_like(acc)
         for weight, (dy, dx) in zip(weights, plan, strict=False):
-            acc = acc + float(weight) * image[..., pad - dy:pad - dy + height, pad - dx:pad - dx + width]
+            acc.add_(torch.mul(image[..., pad - dy:pad - dy + height, pad - dx:pad - dx + width], float(weight),
+                               out=term))
         out.append(acc)
     return torch.stack(out)
 
@@ -777,8 +780,8 @@ def _apply_elastic(x, severity, fields):
     """Smooth the fields (Gaussian, sigma 1% of each side, truncate 3, mirrored border), scale, resample bilinearly
     with mirrored borders (scipy map_coordinates order=1, mode='reflect')."""
     height, width = x.shape[-2:]
-    smooth = _gaussian_filter(fields, (0.01 * height, 0.01 * width), mode="reflect", truncate=3)
-    displacement = (smooth * ELASTIC_ALPHA[severity]).float()
+    smooth = _gaussian_filter(fields.float(), (0.01 * height, 0.01 * width), mode="reflect", truncate=3)
+    displacement = smooth * ELASTIC_ALPHA[severity]
     rows = torch.arange(height, device=x.device, dtype=torch.float32)[:, None] + displacement[:, 1]
     cols = torch.arange(width, device=x.device, dtype=torch.float32)[None, :] + displacement[:, 0]
     # grid_sample with align_corners=False puts pixel centres at (2i + 1) / n - 1 and reflects about the image
