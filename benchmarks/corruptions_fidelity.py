@@ -223,14 +223,14 @@ def fashion_mnist_model(models_dir: Path, log) -> torch.nn.Module:
 def digits_model(models_dir: Path, log) -> torch.nn.Module:
     """ellbench's deit_micro_patch4_32 trained on digits as `ellbench train ... --dataset digits --epochs 15` does."""
     from ellbench.evaluate import load_for_eval
-    from ellbench.train import TrainConfig, train
+    from ellbench.train import TrainConfig, checkpoint_path, train
 
     config = TrainConfig(model="deit_micro_patch4_32", dataset="digits", epochs=15, batch_size=64, lr=1e-3,
                          weight_decay=0.05, warmup_epochs=1.0, label_smoothing=0.0, augment="none", seed=0,
                          limit=None)
     log("training (or reusing) deit_micro_patch4_32 on digits")
-    record = train(config, models_dir / "checkpoints", progress=False)
-    return load_for_eval("deit_micro_patch4_32", record["checkpoint"]).module
+    train(config, models_dir / "checkpoints", progress=False)  # reuses a finished checkpoint
+    return load_for_eval("deit_micro_patch4_32", str(checkpoint_path(models_dir / "checkpoints", config))).module
 
 
 @torch.no_grad()
