@@ -21,8 +21,11 @@ import time
 import torch
 import torchattacks
 
-from ellbench import attacks
+from ellbench.attacks.checks import format_eps
+from ellbench.attacks.suite import make_entries
 from ellbench.models.factory import build_model
+from ellbench.runner import Batch
+from ellbench.tasks.attack import attack_evaluator
 
 EPS = 4 / 255
 STEPS = 10
@@ -60,6 +63,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                        help="Autocast of the network, the same for all three (ellbench.models.amp)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps a shared machine's noise down)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default=None,
                         help="wall time, or this process's CPU time (default: cpu on CPU, wall on GPU)")
@@ -70,6 +75,7 @@ def main() -> None:
     clock_name = args.clock or ("wall" if device.type == "cuda" else "cpu")
     clock = time.perf_counter if clock_name == "wall" else time.process_time
     model = build_model(args.model, num_classes=args.classes, seed=0).eval().to(device)
+    model.amp = args.amp
     size = model.input_size[-1]
     generator = torch.Generator().manual_seed(0)
     batches = [
@@ -80,13 +86,17 @@ def main() -> None:
     ]
     settings = dict(alpha=EPS / 4, steps=STEPS, random_start=True)
     bare_attack = torchattacks.PGD(model, eps=EPS, **settings)
-    standard = attacks.make_attack_evaluator(model, attacks.make_entries("PGD", settings, eps=EPS)[0], seed=0)
-    paper = attacks.make_attack_evaluator(
-        model, attacks.make_entries("PGD", settings, eps=EPS, protocol="paper")[0], seed=0)
+    standard = attack_evaluator(model, make_entries("PGD", settings, eps=EPS)[0], seed=0)
+    paper = attack_evaluator(model, make_entries("PGD", settings, eps=EPS, protocol="paper")[0], seed=0)
+
+    def on_device(batch):  # what the runner hands an evaluation: the batch moved to the device
+        indices, images, labels = batch
+        return Batch(0, indices, images.to(device), labels.to(device))
+
     runs = {
         "bare torchattacks": lambda batch: bare_step(model, bare_attack, device, batch[1], batch[2]),
-        "ellbench standard": lambda batch: standard(*batch),
-        "ellbench paper": lambda batch: paper(*batch),
+        "ellbench standard": lambda batch: standard(on_device(batch)),
+        "ellbench paper": lambda batch: paper(on_device(batch)),
     }
     for run in runs.values():  # warm-up
         run(batches[0])
@@ -101,9 +111,9 @@ def main() -> None:
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     images_per_repeat = args.batch_size * args.batches
-    print(f"PGD-{STEPS} eps {attacks.format_eps(EPS)} on {args.model} ({size} px), batch {args.batch_size} x "
+    print(f"PGD-{STEPS} eps {format_eps(EPS)} on {args.model} ({size} px), batch {args.batch_size} x "
           f"{args.batches}, {args.repeats} repeats interleaved per batch, {device_name}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s), {clock_name} clock")
+          f"{torch.get_num_threads()} thread(s), {clock_name} clock, amp {args.amp}")
     bare = seconds["bare torchattacks"]
     for name, times in seconds.items():
         ratios = [b / t for b, t in zip(bare, times, strict=True)]

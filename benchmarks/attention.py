@@ -1,125 +1,206 @@
-"""Forward throughput of each attention variant against DeiT, and of its fused path against its explicit reference.
+"""Throughput of each attention variant against DeiT, and of its fused path against its explicit reference.
 
-All models of one size are timed in the same run, interleaved repeat by repeat, so machine load hits them alike;
-the printed ratios are what this benchmark claims, not the absolute images per second.
+Two modes: `forward` (inference mode, as `ellbench profile` and the evaluations run) and `train` (forward, backward and
+an AdamW step on random labels, as `ellbench train` and the demo run). All models of one size are timed in the same
+run, interleaved pass by pass with the order rotated, so machine load hits them alike. Images per second are medians
+over the repeats; each ratio is the median over repeats of the two models' speed ratio within the repeat, so that
+load which drifts between repeats cancels. The ratios are what this benchmark claims, not the images per second.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention.py                      # CPU, batch 32, 224 px
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention.py                      # CPU, batch 32, 224 px, forward
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention.py --mode train --sizes tiny small
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention.py --mode train --sizes micro --batch 64  # 32 px, the demo's
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention.py --device cuda --amp  # GPU, bfloat16 autocast
 
-On a CPU shared with other work, `--clock cpu --threads 1` times the process's own CPU seconds, which other
-processes disturb far less than wall time (they still share caches and memory bandwidth).
+The row `DeiT` times a second DeiT against the first: a control, whose ratio should be 1 and whose distance from 1 is
+the noise floor of the run. Each row also prints the minor page faults of one pass of each model (median).
 
-Targets (issue 5): Elliptical / DeiT >= 0.95 at tiny, small and base; fused / reference >= 1.1 on CPU.
+Memory allocator: glibc maps large blocks afresh and trims the top of its heap above thresholds that it raises from the
+sizes freed so far, so whether a model's 5-40 MB activations are faulted in anew on every pass depends on the process's
+history, not on the model: the same three models in the same order took 0 to 180 thousand faults per pass from one
+process to the next here, roughly 15% of a pass's time at the high end (tiny, batch 32). By default (`--malloc
+steady`) this script fixes both glibc thresholds (mallopt), so that no pass faults and the ratios measure the models;
+`--malloc default` leaves glibc as it is, to see what a plain process gets. On a CPU shared with other work, `--clock
+cpu --threads 1` times the process's own CPU seconds, which other processes disturb far less than wall time (they
+still share caches and memory bandwidth).
+
+Targets (issue 19): Elliptical / DeiT >= 0.97 forward at tiny, small and base, >= 0.95 train at tiny and small;
+fused / reference >= 1.1 on CPU.
 """
 
 import argparse
-import platform
+import resource
 import statistics
 import time
 
 import timm
 import torch
+import torch.nn.functional as F
 
 import ellbench.models  # noqa: F401  (registers ellbench's models with timm)
+from ellbench.malloc import steady_malloc
+from ellbench.profile import device_name
 
-# One entry per variant: (label, model name with {size}, kwargs that select its explicit reference attention path,
-# or None when the model has no separate reference path). Its baseline is deit_{size}_patch16_224.
+# One entry per variant: (label, model name template, kwargs that select its explicit reference attention path,
+# or None when the model has no separate reference path). Its baseline is DeiT's template at the same size.
 ROWS = [
-    ("Elliptical", "elliptical_{size}_patch16_224", {"fused_attn": False}),
-    ("KDE", "kde_{size}_patch16_224", {"fused_attn": False}),
-    ("RKDE", "rkde_{size}_patch16_224", {"fused_attn": False}),
-    ("MoM", "mom_{size}_patch16_224", {"fused_attn": False}),
-    ("RVT", "rvt_{size}", None),
+    ("DeiT", "deit_{size}_{patch}", None),
+    ("Elliptical", "elliptical_{size}_{patch}", {"fused_attn": False}),
+    ("KDE", "kde_{size}_{patch}", {"fused_attn": False}),
+    ("RKDE", "rkde_{size}_{patch}", {"fused_attn": False}),
+    ("MoM", "mom_{size}_{patch}", {"fused_attn": False}),
+    ("RVT", "rvt_{size}{rvt_suffix}", None),
 ]
-SIZES = ("tiny", "small", "base")
-
-
+# What fills a template besides the size: ImageNet sizes (224 px) and the small-image micro models (32 px).
+SIZES = {
+    "tiny": dict(patch="patch16_224", rvt_suffix=""),
+    "small": dict(patch="patch16_224", rvt_suffix=""),
+    "base": dict(patch="patch16_224", rvt_suffix=""),
+    "micro": dict(patch="patch4_32", rvt_suffix="_32"),
+}
+MODES = ("forward", "train")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
+def make_pass(model, images, labels, mode: str, amp: bool):
+    """One forward pass (inference mode) or one training step (forward, backward, AdamW step) as a 0-argument call."""
+    device = images.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+    if mode == "forward":
+        model.eval()
 
-def seconds_per_batch(model, images, device: torch.device, amp: bool, clock) -> float:
-    """Time of one forward pass on `clock`, synchronised on GPU."""
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = clock()
-        model(images)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return clock() - start
+        def forward():
+            with torch.inference_mode(), autocast:
+                model(images)
+
+        return forward
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+
+    return train_step
 
 
-def measure(models: dict, images, device, amp: bool, repeats: int, warmup: int, clock) -> dict:
-    """Median seconds per batch of each model, timing them in turn (rotating the order) within every repeat."""
+def timed(step, device: torch.device, clock) -> tuple[float, int]:
+    """Seconds of one call of `step` on `clock` (synchronised on GPU) and the minor page faults it took."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    start = clock()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = clock() - start
+    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+
+
+def measure(steps: dict, device, repeats: int, warmup: int, clock) -> dict:
+    """Seconds and minor page faults of every pass of each model: {key: [(seconds, faults) per repeat]}.
+
+    Within a repeat the models run one after the other, in an order rotated from repeat to repeat.
+    """
     for _ in range(warmup):
-        for model in models.values():
-            seconds_per_batch(model, images, device, amp, clock)
-    times = {key: [] for key in models}
-    keys = list(models)
+        for step in steps.values():
+            step()
+    samples = {key: [] for key in steps}
+    keys = list(steps)
     for repeat in range(repeats):
         for key in keys[repeat % len(keys):] + keys[: repeat % len(keys)]:
-            times[key].append(seconds_per_batch(models[key], images, device, amp, clock))
-    return {key: statistics.median(values) for key, values in times.items()}
+            samples[key].append(timed(steps[key], device, clock))
+    return samples
+
+
+def paired_speed_ratio(samples: dict, faster: str, slower: str) -> float:
+    """Median over repeats of slower's seconds / faster's seconds in the same repeat: load that drifts cancels."""
+    return statistics.median(b / a for (a, _), (b, _) in zip(samples[faster], samples[slower], strict=True))
 
 
 def build(name: str, device, **kwargs):
-    return timm.create_model(name, **kwargs).eval().to(device)
+    return timm.create_model(name, **kwargs).to(device)
 
 
-def run(sizes, batch: int, img_size: int, repeats: int, warmup: int, device: torch.device, amp: bool,
-        clock=time.perf_counter, variants=None) -> list[dict]:
+def run(sizes, batch: int, img_size: int | None, repeats: int, warmup: int, device: torch.device, amp: bool,
+        clock=time.perf_counter, variants=None, mode: str = "forward") -> list[dict]:
+    """Time every row of ROWS (or those in `variants`) at each size; print and return one dict per row."""
     results = []
     for size in sizes:
-        images = torch.rand(batch, 3, img_size, img_size, device=device)
+        deit_name = ROWS[0][1].format(size=size, **SIZES[size])
+        with torch.device("meta"):  # its configuration only: no weights
+            deit_config = timm.create_model(deit_name).pretrained_cfg
+        side = img_size or deit_config["input_size"][-1]
+        generator = torch.Generator().manual_seed(0)
+        images = torch.rand(batch, 3, side, side, generator=generator).to(device)
+        labels = torch.randint(0, deit_config["num_classes"], (batch,), generator=generator).to(device)
         for label, template, reference_kwargs in ROWS:
             if variants and label not in variants:
                 continue
-            name = template.format(size=size)
-            models = {"deit": build(f"deit_{size}_patch16_224", device), "fused": build(name, device)}
+            name = template.format(size=size, **SIZES[size])
+            kwargs = {} if img_size is None else {"img_size": img_size}
+            models = {"deit": build(deit_name, device, **kwargs), "fused": build(name, device, **kwargs)}
             if reference_kwargs is not None:
-                models["reference"] = build(name, device, **reference_kwargs)
-            seconds = measure(models, images, device, amp, repeats, warmup, clock)
-            throughput = {key: batch / value for key, value in seconds.items()}
-            results.append(dict(label=label, size=size, name=name, **throughput))
+                models["reference"] = build(name, device, **kwargs, **reference_kwargs)
+            steps = {key: make_pass(model, images, labels, mode, amp) for key, model in models.items()}
+            samples = measure(steps, device, repeats, warmup, clock)
+            row = dict(label=label, size=size, name=name, mode=mode)
+            row |= {key: batch / statistics.median(s for s, _ in values) for key, values in samples.items()}
+            row |= {f"{key}_faults": statistics.median(f for _, f in values) for key, values in samples.items()}
+            row["fused_vs_deit"] = paired_speed_ratio(samples, "fused", "deit")
+            if "reference" in samples:
+                row["fused_vs_reference"] = paired_speed_ratio(samples, "fused", "reference")
+            results.append(row)
             print(format_row(results[-1]), flush=True)
-            del models
+            del models, steps
     return results
 
 
 def format_row(row: dict) -> str:
     reference = row.get("reference")
+    faults = " / ".join(f"{row[key + '_faults']:.0f}" for key in ("deit", "fused", "reference") if key in row)
     cells = [
-        row["label"], row["size"], f"{row['deit']:.1f}", f"{row['fused']:.1f}", f"{row['fused'] / row['deit']:.3f}",
-        f"{reference:.1f}" if reference else "-", f"{row['fused'] / reference:.3f}" if reference else "-",
+        row["label"], row["size"], row["mode"], f"{row['deit']:.1f}", f"{row['fused']:.1f}",
+        f"{row['fused_vs_deit']:.3f}", f"{reference:.1f}" if reference else "-",
+        f"{row['fused_vs_reference']:.3f}" if reference else "-", faults,
     ]
     return "| " + " | ".join(cells) + " |"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"], choices=list(SIZES))
     parser.add_argument("--variants", nargs="+", choices=[row[0] for row in ROWS], help="default: every row")
+    parser.add_argument("--mode", nargs="+", default=["forward"], choices=MODES,
+                        help="forward (inference mode) and/or train (forward + backward + AdamW step)")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per model (median reported)")
+    parser.add_argument("--img-size", type=int, default=None, help="default: the models' own (224 px; micro 32)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed passes per model (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (GPU)")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--clock", choices=CLOCKS, default="wall", help="wall time, or this process's CPU time")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--malloc", choices=("steady", "default"), default="steady",
+                        help="steady: fix glibc's trim and mmap thresholds so that no pass page-faults; "
+                        "default: glibc's own, history-dependent thresholds")
     args = parser.parse_args()
+    if args.malloc == "steady" and not steady_malloc():
+        parser.error("--malloc steady needs glibc's mallopt, which this C library does not have")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"torch {torch.__version__}, timm {timm.__version__}, device {device} ({hardware}), "
-          f"threads {torch.get_num_threads()}, batch {args.batch}, {args.img_size} px, "
-          f"{'bfloat16 autocast' if args.amp else 'float32'}, {args.clock} clock, "
+    print(f"torch {torch.__version__}, timm {timm.__version__}, device {device} ({device_name(device)}), "
+          f"threads {torch.get_num_threads()}, batch {args.batch}, {args.img_size or 'native'} px, "
+          f"{'bfloat16 autocast' if args.amp else 'float32'}, {args.clock} clock, {args.malloc} malloc, "
           f"median of {args.repeats} interleaved repeats")
-    print("| variant | size | DeiT img/s | variant img/s | variant / DeiT | reference img/s | fused / reference |")
-    print("|---|---|---|---|---|---|---|")
-    run(args.sizes, args.batch, args.img_size, args.repeats, args.warmup, device, args.amp, CLOCKS[args.clock],
-        args.variants)
+    print("| variant | size | mode | DeiT img/s | variant img/s | variant / DeiT | reference img/s | "
+          "fused / reference | page faults per pass: DeiT / variant / reference |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for mode in args.mode:
+        run(args.sizes, args.batch, args.img_size, args.repeats, args.warmup, device, args.amp, CLOCKS[args.clock],
+            args.variants, mode)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-from ellbench.corruptions import GeneratedImageNetC
+from ellbench.corruptions.imagenet_c import GeneratedImageNetC
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 WNIDS = ("n01440764", "n01443537", "n02123045")

@@ -9,7 +9,7 @@ import importlib.abc
 import importlib.machinery
 import sys
 
-__version__ = "0.1.0"
+from ellbench._version import __version__ as __version__
 
 
 def _register_models() -> None:

@@ -24,10 +24,16 @@ app = typer.Typer(
 OUT_HELP = "Output folder: the results store (ellbench.sqlite) and reports go here. Default: $ELLBENCH_OUT or reports."
 SEED_HELP = "Seed for model initialisation, data order and every random choice; the same seed gives the same result."
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto (cuda when available)."
+WORKERS_HELP = ("Processes decoding images into batches (0: this process). Default: 0 for in-memory sets (digits, "
+                "fashion-mnist); for folders a share of the cores (all on a GPU, half on the CPU, at most 16). "
+                "Results are the same for any number.")
+AMP_HELP = ("Mixed precision: off (float32, the reference), bf16 or fp16 autocast of the network; inputs, logits "
+            "and attack arithmetic stay float32. Part of the job key. fp16 gradients can underflow under attacks "
+            "(no loss scaling): prefer bf16.")
 
 
 def _out_dir(out: Path | None) -> Path:
-    from ellbench.store import default_out_dir, ensure_writable_dir
+    from ellbench.io import default_out_dir, ensure_writable_dir
 
     return ensure_writable_dir(out if out is not None else default_out_dir())
 
@@ -47,15 +53,9 @@ def _check_suite(kind: str, name: str | None) -> None:
     """A shipped suite's name, or an existing TOML file: checked before any heavy import."""
     if name is None:
         return
-    if name.endswith(".toml") or "/" in name:
-        if not Path(name).is_file():
-            raise EllbenchError(f"{kind} suite file {name} not found")
-        return
-    from ellbench.resources import resource_dir
+    from ellbench.resources import suite_path
 
-    shipped = sorted(path.stem for path in resource_dir(kind).glob("*.toml"))
-    if name not in shipped:
-        raise EllbenchError(f"unknown {kind[:-1]} suite {name!r}; available: {', '.join(shipped)}")
+    suite_path(kind, name)
 
 
 def _check_file(path: str | None, what: str) -> None:
@@ -66,6 +66,13 @@ def _check_file(path: str | None, what: str) -> None:
 def _check_device(device: str) -> None:
     if device not in ("cpu", "cuda", "auto") and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise EllbenchError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto")
+
+
+def _check_loading(workers: int | None, amp: str) -> None:
+    """--workers (0 or more) and --amp (off, bf16, fp16) of the evaluation commands."""
+    if workers is not None and workers < 0:
+        raise EllbenchError(f"--workers must be 0 or more, got {workers}")
+    _check_choice(amp, ("off", "bf16", "fp16"), "--amp")
 
 
 def _single_process(command: str) -> None:
@@ -142,7 +149,7 @@ def train_command(
         raise EllbenchError(f"unknown data set {dataset!r}; `ellbench train` uses a built-in set: "
                             f"{', '.join(BUILTIN_DATASETS)}")
     _check_model(model)
-    from ellbench.evaluate import resolve_device
+    from ellbench.models.loading import resolve_device
     from ellbench.train import TrainConfig, train
 
     records = []
@@ -220,10 +227,13 @@ DATA_HELP = ("A built-in set (digits, fashion-mnist; its test split) or an Image
              "of images per class (wnid names map to ImageNet-1k indices).")
 
 
-def _open_eval_data(data: str, *, data_root: str | None, limit: int | None, skip_bad_images: bool = False):
-    from ellbench.data import open_dataset
-
-    return open_dataset(data, "test", root=data_root, limit=limit, skip_bad_images=skip_bad_images)
+PRETRAINED_HELP = ("Use timm's published weights for MODEL, from the Hugging Face cache (or the hub when online). A "
+                   "name with a tag (deit_small_patch16_224.fb_in1k) loads them without this flag.")
+IMG_SIZE_HELP = ("Image folders: input side in pixels (timm validate.py's --img-size); a fixed-size model is built for "
+                 "it. Default: the model's own, its test size when its pretrained config names one.")
+CROP_PCT_HELP = "Image folders: centre-crop fraction (validate.py's --crop-pct). Default: the model's own."
+INTERPOLATION_HELP = ("Image folders: resize interpolation, e.g. bilinear or bicubic (validate.py's --interpolation). "
+                      "Default: the model's own.")
 
 
 def _check_common(batch_size: int, seed: int, limit: int | None) -> None:
@@ -234,11 +244,70 @@ def _check_common(batch_size: int, seed: int, limit: int | None) -> None:
         _positive(limit, "--limit")
 
 
+def _amp_note(amp: str) -> str:
+    """What a result's title says about autocast: nothing for float32."""
+    return "" if amp == "off" else f", {amp} autocast"
+
+
+def _overrides(img_size: int | None, crop_pct: float | None, interpolation: str | None):
+    """The eval-transform overrides, checked before any heavy import."""
+    from ellbench.data.transforms import INTERPOLATIONS
+    from ellbench.tasks.inputs import TransformOverrides
+
+    if img_size is not None:
+        _positive(img_size, "--img-size")
+    if crop_pct is not None and not 0 < crop_pct <= 1:
+        raise EllbenchError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+    _check_choice(interpolation, INTERPOLATIONS, "--interpolation")
+    return TransformOverrides(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
+
+
+def _check_inputs(checkpoint: str | None, pretrained: bool, data: str | None = None) -> None:
+    """Weights and data named on the command line, checked before any heavy import (the model name is checked when
+    it is built)."""
+    _check_file(checkpoint, "checkpoint")
+    if pretrained and checkpoint is not None:
+        raise EllbenchError("give either --pretrained (timm's published weights) or --checkpoint, not both")
+    from ellbench.data import check_folder, is_builtin
+
+    if data is not None and not is_builtin(data):
+        check_folder(data)
+
+
+def _model_and_data(model: str, data: str, *, checkpoint: str | None, pretrained: bool, data_root: str | None,
+                    limit: int | None, overrides, seed: int, device: str, out_dir: Path,
+                    skip_bad_images: bool = False, amp: str = "off"):
+    """(model ready for evaluation, data set, the output folder's store): ellbench.tasks.inputs.open_model_and_data."""
+    from ellbench.store import Store
+    from ellbench.tasks.inputs import open_model_and_data
+
+    loaded, dataset = open_model_and_data(model, data, checkpoint=checkpoint, pretrained=pretrained,
+                                          data_root=data_root, limit=limit, skip_bad_images=skip_bad_images,
+                                          overrides=overrides, seed=seed, device=device, amp=amp)
+    return loaded, dataset, Store.in_folder(out_dir)
+
+
+def _show(as_json: bool, payload, rows: list[dict], title: str) -> bool:
+    """The result on stdout, from rank 0 only: `payload` as JSON for scripts, else `rows` as a table.
+
+    Returns whether this process printed it (so that notes which follow a table are printed once).
+    """
+    from ellbench import distributed
+
+    if not distributed.is_writer():
+        return False
+    if as_json:
+        _print_json(payload)
+    else:
+        _print_rows(rows, title)
+    return True
+
+
 def _print_rows(rows: list[dict], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ellbench.report import format_cell
+    from ellbench.report.tables import format_cell
 
     if not rows:
         return
@@ -248,12 +317,88 @@ def _print_rows(rows: list[dict], title: str) -> None:
     Console().print(table)
 
 
+def _transform_of(dataset) -> str:
+    return getattr(dataset, "transform_description", None) or "as stored"
+
+
+def _title(loaded, dataset) -> str:
+    transform = getattr(dataset, "transform_description", None)
+    return f"{loaded.name} on {dataset.name} ({len(dataset)} examples{_amp_note(loaded.amp)})" + \
+        (f", {transform}" if transform else "")
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Argument(..., help="Any timm classifier (see `ellbench models`), with a pretrained tag to use "
+                                "timm's published weights, e.g. deit_small_patch16_224.fb_in1k."),
+    checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
+    pretrained: bool = typer.Option(False, "--pretrained", help=PRETRAINED_HELP),
+    data: str = typer.Option("digits", help=DATA_HELP + " A folder goes through the model's own timm eval "
+                             "transform, as timm's validate.py reads it."),
+    data_root: str = typer.Option(None, help="Folder of the Fashion-MNIST IDX files, for --data fashion-mnist."),
+    img_size: int = typer.Option(None, help=IMG_SIZE_HELP),
+    crop_pct: float = typer.Option(None, help=CROP_PCT_HELP),
+    interpolation: str = typer.Option(None, help=INTERPOLATION_HELP),
+    limit: int = typer.Option(None, help="Evaluate N examples only: the first N of a built-in set, N spread evenly "
+                              "over a folder's classes."),
+    batch_size: int = typer.Option(64, help="Examples per batch."),
+    save_logits: Path = typer.Option(None, help="Write the float32 logits [N, classes], in data-set order, to this "
+                                     ".npy file."),
+    skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted) instead of stopping."),
+    workers: int = typer.Option(None, help=WORKERS_HELP),
+    amp: str = typer.Option("off", help=AMP_HELP),
+    seed: int = typer.Option(0, help=SEED_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    out: Path = typer.Option(None, help=OUT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Clean top-1 and top-5 accuracy, the job of timm's validate.py: the model's own preprocessing, resumable.
+
+    Per-example predictions, top-5 hits and losses go to the results store.
+    """
+    _check_common(batch_size, seed, limit)
+    _check_loading(workers, amp)
+    _check_device(device)
+    overrides = _overrides(img_size, crop_pct, interpolation)
+    _check_inputs(checkpoint, pretrained, data)
+    if save_logits is not None and save_logits.suffix != ".npy":
+        raise EllbenchError(f"--save-logits writes a .npy file; got {save_logits}")
+    out_dir = _out_dir(out)
+    from ellbench.tasks.eval import run_eval
+
+    loaded, dataset, store = _model_and_data(model, data, checkpoint=checkpoint, pretrained=pretrained,
+                                             data_root=data_root, limit=limit, overrides=overrides, seed=seed,
+                                             device=device, out_dir=out_dir, skip_bad_images=skip_bad_images,
+                                             amp=amp)
+    job = run_eval(store, loaded, dataset, batch_size=batch_size, seed=seed, save_logits=save_logits,
+                   progress=not as_json, workers=workers)
+    summary = job["summary"]
+    result = {"model": loaded.name, "checkpoint": loaded.checkpoint_id, "weights": loaded.weights,
+              "data": dataset.fingerprint, "transform": _transform_of(dataset), "amp": amp, "n": summary["n"],
+              "top1": 100.0 * summary["accuracy"], "top5": 100.0 * summary.get("top5_accuracy", float("nan")),
+              "loss": summary.get("loss"), "job": job["id"], "logits": job.get("logits"),
+              "skipped_images": getattr(dataset, "skipped", 0)}
+    shown = _show(as_json, result, [{"model": loaded.name, "n": summary["n"], "top-1 %": result["top1"],
+                                     "top-5 %": result["top5"], "loss": result["loss"]}], _title(loaded, dataset))
+    if shown and not as_json:
+        typer.echo(f"weights: {loaded.weights} ({loaded.checkpoint_id[:19]})")
+        if job.get("logits"):
+            typer.echo(f"logits written to {job['logits']}")
+        if job.get("logits_disagree"):
+            typer.echo(f"note: {job['logits_disagree']} predictions recomputed for the logits differ from the stored "
+                       "ones (the evaluation is not deterministic here)", err=True)
+
+
 @app.command("attack")
 def attack_command(
     model: str = typer.Argument(..., help="Model name (see `ellbench models`) or any timm model."),
     checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
+    pretrained: bool = typer.Option(False, "--pretrained", help=PRETRAINED_HELP),
     data: str = typer.Option("digits", help=DATA_HELP),
     data_root: str = typer.Option(None, help="Folder of the Fashion-MNIST IDX files, for --data fashion-mnist."),
+    img_size: int = typer.Option(None, help=IMG_SIZE_HELP),
+    crop_pct: float = typer.Option(None, help=CROP_PCT_HELP),
+    interpolation: str = typer.Option(None, help=INTERPOLATION_HELP),
     suite: str = typer.Option(None, help="Attack suite: paper, standard, quick, or a TOML file. Default: quick, "
                               "unless --attack is given."),
     attack: str = typer.Option(None, help="One torchattacks class by name instead of a suite, e.g. PGD."),
@@ -264,6 +409,8 @@ def attack_command(
                                  "[0, 1]) or paper (normalised space, no clipping, the model's own predictions)."),
     limit: int = typer.Option(None, help="Attack the first N examples only."),
     batch_size: int = typer.Option(64, help="Examples per batch (part of the job key: random starts are per batch)."),
+    workers: int = typer.Option(None, help=WORKERS_HELP),
+    amp: str = typer.Option("off", help=AMP_HELP),
     seed: int = typer.Option(0, help=SEED_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     out: Path = typer.Option(None, help=OUT_HELP),
@@ -275,65 +422,78 @@ def attack_command(
     are recorded with the results.
     """
     _check_common(batch_size, seed, limit)
+    _check_loading(workers, amp)
     _check_device(device)
     _check_suite("attacks", suite)
-    _check_file(checkpoint, "checkpoint")
+    overrides = _overrides(img_size, crop_pct, interpolation)
+    _check_inputs(checkpoint, pretrained, data)
     _check_choice(protocol, ("standard", "paper"), "protocol")
-    from ellbench import attacks as attacks_lib
+    from ellbench.attacks.checks import format_eps
+    from ellbench.attacks.suite import load_suite, make_entries, parse_params
 
     if attack is not None:
         if suite is not None:
             raise EllbenchError("give either --suite or --attack, not both")
-        params = attacks_lib.parse_params(param or [])
-        entries = attacks_lib.make_entries(attack, params, protocol=protocol)
+        params = parse_params(param or [])
+        entries = make_entries(attack, params, protocol=protocol)
     else:
         if param:
             raise EllbenchError("--param needs --attack")
-        entries = attacks_lib.load_suite(suite or "quick")
+        entries = load_suite(suite or "quick")
     out_dir = _out_dir(out)
-    dataset = _open_eval_data(data, data_root=data_root, limit=limit)
-    from ellbench.evaluate import load_for_eval, run_clean
-    from ellbench.store import Store
+    from ellbench.runner import LoaderPool
+    from ellbench.tasks.attack import run_attack_suite
+    from ellbench.tasks.eval import run_clean
 
-    loaded = load_for_eval(model, checkpoint, dataset=dataset, seed=seed, device=device)
-    store = Store.in_folder(out_dir)
-    clean = run_clean(store, loaded, dataset, batch_size=batch_size, seed=seed, progress=not as_json)
-    result = attacks_lib.run_attack_suite(store, loaded, dataset, entries, batch_size=batch_size, seed=seed,
-                                          progress=not as_json)
-    from ellbench import distributed
-
-    if not distributed.is_writer():
-        return
+    loaded, dataset, store = _model_and_data(model, data, checkpoint=checkpoint, pretrained=pretrained,
+                                             data_root=data_root, limit=limit, overrides=overrides, seed=seed,
+                                             device=device, out_dir=out_dir, amp=amp)
+    with LoaderPool() as loaders:  # the clean and every attack job share the loader's worker processes
+        clean = run_clean(store, loaded, dataset, batch_size=batch_size, seed=seed, progress=not as_json,
+                          workers=workers, loaders=loaders)
+        result = run_attack_suite(store, loaded, dataset, entries, batch_size=batch_size, seed=seed,
+                                  progress=not as_json, workers=workers, loaders=loaders)
     rows = [{"attack": "clean", "protocol": "", "eps": "", "accuracy": clean["summary"]["accuracy"],
-             "n": clean["summary"]["n"]}]
+             "top5_accuracy": clean["summary"].get("top5_accuracy"), "n": clean["summary"]["n"]}]
     for entry, job in zip(entries, result["jobs"], strict=True):
-        rows.append({"attack": entry.label, "protocol": entry.protocol, "eps": attacks_lib.format_eps(entry.eps),
-                     "accuracy": job["summary"]["accuracy"], "n": job["summary"]["n"]})
-    if as_json:
-        _print_json({"model": model, "checkpoint": loaded.checkpoint_id, "data": dataset.fingerprint,
-                     "results": rows, "checks": result["checks"]})
-        return
-    _print_rows(rows, f"{model} on {dataset.name} ({len(dataset)} examples)")
-    bad = [check for check in result["checks"] if check["status"] != "ok"]
-    for check in bad:
-        typer.echo(f"trust check {check['status']}: {check['check']}: {check['detail']}", err=True)
+        rows.append({"attack": entry.label, "protocol": entry.protocol, "eps": format_eps(entry.eps),
+                     "accuracy": job["summary"]["accuracy"],
+                     "top5_accuracy": job["summary"].get("robust_top5_accuracy"), "n": job["summary"]["n"]})
+    shown = _show(as_json, {"model": loaded.name, "checkpoint": loaded.checkpoint_id, "data": dataset.fingerprint,
+                            "transform": _transform_of(dataset), "amp": amp, "results": rows,
+                            "checks": result["checks"]},
+                  rows, _title(loaded, dataset))
+    if shown and not as_json:
+        for check in result["checks"]:
+            if check["status"] != "ok":
+                typer.echo(f"trust check {check['status']}: {check['check']}: {check['detail']}", err=True)
 
 
 @app.command("corrupt")
 def corrupt_command(
     model: str = typer.Argument(..., help="Model name (see `ellbench models`) or any timm model."),
     checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
+    pretrained: bool = typer.Option(False, "--pretrained", help=PRETRAINED_HELP),
     data: str = typer.Option(None, help="Clean data to corrupt on the fly: " + DATA_HELP + " Default: digits unless "
-                             "--imagenet-c is given."),
+                             "--imagenet-c is given. A folder's images are resized and cropped by the model's own eval "
+                             "transform, then corrupted."),
     imagenet_c: str = typer.Option(None, help="Released ImageNet-C root: <root>/[<group>/]<corruption>/<severity>/"
-                                   "<wnid>/*.JPEG."),
+                                   "<wnid>/*.JPEG. Its 224 px images are resized for a model of another input size "
+                                   "(noted in the results)."),
     data_root: str = typer.Option(None, help="Folder of the Fashion-MNIST IDX files, for --data fashion-mnist."),
+    img_size: int = typer.Option(None, help=IMG_SIZE_HELP),
+    crop_pct: float = typer.Option(None, help=CROP_PCT_HELP),
+    interpolation: str = typer.Option(None, help=INTERPOLATION_HELP),
     suite: str = typer.Option("quick", help="Corruption suite: imagenet-c (15 x 5), imagenet-c-extra, quick, or a "
                               "TOML file."),
     limit: int = typer.Option(None, help="Evaluate N images per (corruption, severity) only: the first N of a "
                               "built-in set, N spread evenly over a folder's classes."),
     batch_size: int = typer.Option(64, help="Examples per batch."),
-    workers: int = typer.Option(None, help="Processes generating corrupted images (default: all cores)."),
+    workers: int = typer.Option(None, help="Processes preparing images: generating ImageNet-C from a folder "
+                                "(default: all cores; 0: this process) and decoding batches (default: 0 for "
+                                "precomputed in-memory sets, else a share of the cores). Results are the same for "
+                                "any number."),
+    amp: str = typer.Option("off", help=AMP_HELP),
     cache_dir: Path = typer.Option(None, help="Cache of generated ImageNet-C images (default: ~/.cache/ellbench)."),
     baseline: str = typer.Option(None, help="AlexNet errors for mCE: hendrycks (default) or robustbench."),
     skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted in the provenance) instead of "
@@ -345,30 +505,37 @@ def corrupt_command(
 ):
     """Accuracy under common corruptions (ImageNet-C on disk, or generated on the fly and cached), CE and mCE."""
     _check_common(batch_size, seed, limit)
-    if workers is not None:
-        _positive(workers, "--workers")
+    _check_loading(workers, amp)
     _check_device(device)
     _check_suite("corruptions", suite)
-    _check_file(checkpoint, "checkpoint")
     _check_choice(baseline, ("hendrycks", "robustbench"), "baseline")
-    from ellbench import corruptions as corruptions_lib
+    overrides = _overrides(img_size, crop_pct, interpolation)
+    _check_inputs(checkpoint, pretrained, data)
+    from ellbench.corruptions.suite import load_suite
 
-    chosen = corruptions_lib.load_suite(suite)
+    chosen = load_suite(suite)
     if imagenet_c is not None and not Path(imagenet_c).is_dir():
         raise EllbenchError(f"ImageNet-C folder {imagenet_c} not found")
     out_dir = _out_dir(out)
+    from ellbench.store import Store
+    from ellbench.tasks.corruption import run_corruption_suite
+    from ellbench.tasks.inputs import eval_transform, load_model
+
     clean = None
     if data is not None or imagenet_c is None:
-        clean = _open_eval_data(data or "digits", data_root=data_root, limit=limit, skip_bad_images=skip_bad_images)
-    from ellbench.evaluate import load_for_eval
-    from ellbench.store import Store
-
-    loaded = load_for_eval(model, checkpoint, dataset=clean, seed=seed, device=device)
-    store = Store.in_folder(out_dir)
-    summary = corruptions_lib.run_corruption_suite(
+        loaded, clean, store = _model_and_data(model, data or "digits", checkpoint=checkpoint, pretrained=pretrained,
+                                               data_root=data_root, limit=limit, overrides=overrides, seed=seed,
+                                               device=device, out_dir=out_dir, skip_bad_images=skip_bad_images,
+                                               amp=amp)
+    else:
+        loaded = load_model(model, checkpoint=checkpoint, pretrained=pretrained, seed=seed, device=device,
+                            overrides=overrides, amp=amp)
+        store = Store.in_folder(out_dir)
+    transform = eval_transform(loaded, overrides) if imagenet_c is not None else None
+    summary = run_corruption_suite(
         store, loaded, chosen, clean=clean, imagenet_c=imagenet_c, batch_size=batch_size, seed=seed,
         cache_dir=cache_dir, workers=workers, skip_bad_images=skip_bad_images, limit=limit, baseline=baseline,
-        progress=not as_json)
+        progress=not as_json, transform=transform)
     from ellbench import distributed
 
     if not distributed.is_writer():
@@ -382,8 +549,12 @@ def corrupt_command(
                    "(imagecorruptions refuses smaller images)")
     if summary.get("skipped_images"):
         typer.echo(f"note: {summary['skipped_images']} unreadable images were skipped (--skip-bad-images)")
+    if summary.get("resized"):
+        typer.echo(f"note: {summary['resized']}; not the published 224 px ImageNet-C setting")
     if summary.get("mce") is not None:
         typer.echo(f"mCE {100 * summary['mce']:.1f} (AlexNet = 100; baseline {summary['baseline']['name']})")
+    if amp != "off":
+        typer.echo(f"note: the network ran under {amp} autocast (--amp {amp})")
 
 
 def _print_json_summary(summary: dict) -> None:
@@ -400,48 +571,61 @@ def shift_command(
     dataset: str = typer.Option(..., help="imagenet-a or imagenet-r."),
     data: str = typer.Option(..., help="The data set's folder: <root>/<wnid>/*.jpg with its 200 wnid sub-folders."),
     checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
+    pretrained: bool = typer.Option(False, "--pretrained", help=PRETRAINED_HELP),
+    img_size: int = typer.Option(None, help=IMG_SIZE_HELP),
+    crop_pct: float = typer.Option(None, help=CROP_PCT_HELP),
+    interpolation: str = typer.Option(None, help=INTERPOLATION_HELP),
     limit: int = typer.Option(None, help="Evaluate N images only (spread evenly over the folder)."),
     batch_size: int = typer.Option(64, help="Examples per batch."),
     skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted) instead of stopping."),
+    workers: int = typer.Option(None, help=WORKERS_HELP),
+    amp: str = typer.Option("off", help=AMP_HELP),
     seed: int = typer.Option(0, help=SEED_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     out: Path = typer.Option(None, help=OUT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
-    """Top-1 accuracy under distribution shift: ImageNet-A or ImageNet-R, logits restricted to their 200 classes."""
+    """Top-1 and top-5 accuracy under distribution shift: ImageNet-A or ImageNet-R through the model's own eval
+    transform, logits restricted to their 200 classes."""
     _check_common(batch_size, seed, limit)
+    _check_loading(workers, amp)
     _check_device(device)
     _check_choice(dataset, ("imagenet-a", "imagenet-r"), "shift data set")
-    _check_file(checkpoint, "checkpoint")
+    overrides = _overrides(img_size, crop_pct, interpolation)
+    _check_inputs(checkpoint, pretrained)
     if not Path(data).is_dir():
         raise EllbenchError(f"data folder {data} not found")
-    from ellbench.data.shift import run_shift
-
     out_dir = _out_dir(out)
-    from ellbench.evaluate import load_for_eval
     from ellbench.store import Store
+    from ellbench.tasks.inputs import eval_transform, load_model
+    from ellbench.tasks.shift import run_shift
 
-    loaded = load_for_eval(model, checkpoint, seed=seed, device=device)
-    job = run_shift(Store.in_folder(out_dir), loaded, dataset, data, batch_size=batch_size, seed=seed,
-                    skip_bad_images=skip_bad_images, limit=limit, progress=not as_json)
-    from ellbench import distributed
-
-    if not distributed.is_writer():
-        return
-    if as_json:
-        _print_json({"model": model, "dataset": dataset, "summary": job["summary"], "job": job["id"]})
-        return
-    _print_rows([{"model": model, "dataset": dataset, **job["summary"]}], "distribution shift")
+    loaded = load_model(model, checkpoint=checkpoint, pretrained=pretrained, seed=seed, device=device,
+                        overrides=overrides, amp=amp)
+    store = Store.in_folder(out_dir)
+    transform = eval_transform(loaded, overrides)
+    job = run_shift(store, loaded, dataset, data, batch_size=batch_size, seed=seed, skip_bad_images=skip_bad_images,
+                    limit=limit, transform=transform, progress=not as_json, workers=workers)
+    _show(as_json, {"model": loaded.name, "dataset": dataset, "transform": transform.describe(), "amp": amp,
+                    "summary": job["summary"], "job": job["id"]},
+          [{"model": loaded.name, "dataset": dataset, **job["summary"]}],
+          f"distribution shift ({transform.describe()}{_amp_note(amp)})")
 
 
 @app.command("collapse")
 def collapse_command(
     model: str = typer.Argument(..., help="Any timm ViT-like model whose blocks have an `attn` module."),
     checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
+    pretrained: bool = typer.Option(False, "--pretrained", help=PRETRAINED_HELP),
     data: str = typer.Option("digits", help=DATA_HELP),
     data_root: str = typer.Option(None, help="Folder of the Fashion-MNIST IDX files, for --data fashion-mnist."),
+    img_size: int = typer.Option(None, help=IMG_SIZE_HELP),
+    crop_pct: float = typer.Option(None, help=CROP_PCT_HELP),
+    interpolation: str = typer.Option(None, help=INTERPOLATION_HELP),
     limit: int = typer.Option(None, help="Use the first N examples only."),
     batch_size: int = typer.Option(64, help="Examples per batch."),
+    workers: int = typer.Option(None, help=WORKERS_HELP),
+    amp: str = typer.Option("off", help=AMP_HELP),
     seed: int = typer.Option(0, help=SEED_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     out: Path = typer.Option(None, help=OUT_HELP),
@@ -449,27 +633,23 @@ def collapse_command(
 ):
     """Representation collapse per layer: mean pairwise cosine similarity of the attention outputs' tokens."""
     _check_common(batch_size, seed, limit)
+    _check_loading(workers, amp)
     _check_device(device)
-    _check_file(checkpoint, "checkpoint")
+    overrides = _overrides(img_size, crop_pct, interpolation)
+    _check_inputs(checkpoint, pretrained, data)
     out_dir = _out_dir(out)
-    dataset = _open_eval_data(data, data_root=data_root, limit=limit)
-    from ellbench.collapse import run_collapse
-    from ellbench.evaluate import load_for_eval
-    from ellbench.store import Store
+    from ellbench.tasks.collapse import run_collapse
 
-    loaded = load_for_eval(model, checkpoint, dataset=dataset, seed=seed, device=device)
-    job = run_collapse(Store.in_folder(out_dir), loaded, dataset, batch_size=batch_size, seed=seed,
-                       progress=not as_json)
-    from ellbench import distributed
-
-    if not distributed.is_writer():
-        return
+    loaded, dataset, store = _model_and_data(model, data, checkpoint=checkpoint, pretrained=pretrained,
+                                             data_root=data_root, limit=limit, overrides=overrides, seed=seed,
+                                             device=device, out_dir=out_dir, amp=amp)
+    job = run_collapse(store, loaded, dataset, batch_size=batch_size, seed=seed, progress=not as_json,
+                       workers=workers)
     layers, values = job["settings"]["layers"], job["summary"]["collapse"]
-    if as_json:
-        _print_json({"model": model, "job": job["id"], "layers": dict(zip(layers, values, strict=True))})
-        return
-    _print_rows([{"layer": name, "mean cosine similarity": value} for name, value in zip(layers, values, strict=True)],
-                f"representation collapse of {model} on {dataset.name}")
+    _show(as_json, {"model": loaded.name, "job": job["id"], "amp": amp,
+                    "layers": dict(zip(layers, values, strict=True))},
+          [{"layer": name, "mean cosine similarity": value} for name, value in zip(layers, values, strict=True)],
+          f"representation collapse of {loaded.name} on {dataset.name}{_amp_note(amp)}")
 
 
 @app.command("profile")
@@ -488,7 +668,9 @@ def profile_command(
     reference_attn: bool = typer.Option(False, "--reference-attn", help="Time the explicit reference attention "
                                         "(fused_attn=False) instead of each model's fused path."),
     checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
-    memory: bool = typer.Option(True, help="Measure peak memory (CPU: a fresh child process per model)."),
+    memory: bool = typer.Option(True, help="Measure peak memory: the peak bytes of live tensors during one forward "
+                                "pass, weights and input included (CUDA: max_memory_allocated; CPU: torch's allocator "
+                                "through its profiler, the same figure), and on CPU peak RSS as a secondary column."),
     seed: int = typer.Option(0, help=SEED_HELP),
     out: Path = typer.Option(None, help=OUT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the measurements as JSON."),
@@ -509,8 +691,8 @@ def profile_command(
     for name in models:
         _check_model(name)
     out_dir = _out_dir(out)
-    from ellbench.evaluate import run_profile
     from ellbench.store import Store
+    from ellbench.tasks.profile import run_profile
 
     store = Store.in_folder(out_dir)
     results = [run_profile(store, name, batch_size=batch_size, img_size=img_size, device=device, amp=amp,
@@ -521,7 +703,8 @@ def profile_command(
     if as_json:
         _print_json(results)
         return
-    keys = ("model", "params", "gflops_per_image", "throughput_img_s", "latency_ms_median", "peak_memory_mib")
+    keys = ("model", "params", "gflops_per_image", "throughput_img_s", "latency_ms_median", "peak_memory_mib",
+            "peak_rss_mib")
     _print_rows([{k: r.get(k) for k in keys} for r in results],
                 f"efficiency on {results[0].get('device_name')} (batch {batch_size}, {results[0].get('threads')} "
                 "threads)")
@@ -557,17 +740,18 @@ def report_command(
         if len(parts) != 2 or not all(parts):
             raise EllbenchError(f"--compare takes two models separated by a comma, got {text!r}")
         pairs.append(tuple(parts))
-    from ellbench.store import STORE_FILENAME, default_out_dir
+    from ellbench.io import default_out_dir
+    from ellbench.store import STORE_FILENAME
 
     folder = out if out is not None else default_out_dir()
     if not (folder / STORE_FILENAME).is_file():
         raise EllbenchError(f"no results store in {folder} (expected {folder / STORE_FILENAME}); run an evaluation "
                             "first or pass --out")
     target = _out_dir(report_dir if report_dir is not None else folder)
-    from ellbench.report import build_report
+    from ellbench.report.build import build_report
     from ellbench.store import Store
 
-    store = Store(folder / STORE_FILENAME)
+    store = Store(folder / STORE_FILENAME, read_only=True)
     written = build_report(store, target, formats=formats, reference=reference, compare=pairs or None, seed=seed,
                            resamples=resamples,
                            models=[m.strip() for m in models.split(",") if m.strip()] if models else None)
@@ -605,14 +789,33 @@ def _check_model(name: str) -> None:
         raise EllbenchError(f"unknown model {name!r}; `ellbench models` lists the registered ones")
 
 
-INTERRUPTED = "error: interrupted; every finished batch is stored, run the same command again to resume\n"
+INTERRUPTED = "error: interrupted{how}; every finished batch is stored, run the same command again to resume\n"
 
 
 def main() -> None:
-    """Console entry point: one-line errors (exit 2) for bad input, never a traceback."""
+    """Console entry point: one-line errors (exit 2) for bad input, never a traceback.
+
+    Ctrl-C (SIGINT) and SIGTERM both stop the run the same way: the running attempt is closed as 'interrupted', one
+    line says so, and the exit code is 130 or 143 (128 + the signal's number).
+    """
+    import signal
+
     from typer._click import exceptions as click_exceptions  # typer vendors click
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    received = []
+
+    def on_sigterm(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def interrupted() -> None:
+        sys.stderr.write(INTERRUPTED.format(how=" by SIGTERM" if received else ""))
+        sys.exit(128 + (received[0] if received else signal.SIGINT))
+
+    # No HF_HUB_OFFLINE default here: only --pretrained or a tagged model name asks the hub for anything, and then a
+    # user with a network should get the weights (offline machines set HF_HUB_OFFLINE=1 themselves).
     try:
         code = app(standalone_mode=False)
     except EllbenchError as exc:
@@ -626,10 +829,11 @@ def main() -> None:
         sys.stderr.write(f"error: {' '.join(exc.format_message().split())}{hint}\n")
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
-        sys.stderr.write(INTERRUPTED)
-        sys.exit(130)
+        interrupted()
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     if code == 130:  # typer turns a Ctrl-C inside a command into exit code 130 without a word
-        sys.stderr.write(INTERRUPTED)
+        interrupted()
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -1,7 +1,8 @@
 """`ellbench demo`: the whole product offline, on a built-in data set, in minutes (and the Fashion-MNIST study).
 
 Stages, each through the same library function its own command uses (so the demo is also an end-to-end check):
-train every family at the small-image size with the same budget -> clean accuracy -> attack suites -> corruption
+train every family at the small-image size with the same budget -> clean top-1/top-5 (`ellbench eval`'s
+run_eval) -> attack suites -> corruption
 suite -> representation collapse -> efficiency profile -> report (tables, plots, paired statistics).
 With several seeds every family is trained once per seed, and the report gives mean, std and n per cell.
 """
@@ -54,37 +55,44 @@ PRESETS = {
 
 def run_demo(out_dir: Path, plan: DemoPlan, *, data_root: str | None = None, progress: bool = True) -> dict:
     """Train, evaluate and report; returns the per-checkpoint summary rows (also in summary.csv) and the report."""
-    from ellbench import attacks, corruptions
-    from ellbench.collapse import run_collapse
+    from ellbench.attacks.suite import load_suite as load_attack_suite
+    from ellbench.corruptions.suite import load_suite as load_corruption_suite
     from ellbench.data import open_dataset
-    from ellbench.evaluate import load_for_eval, run_clean, run_profile
-    from ellbench.report import build_report, write_summary
+    from ellbench.models.loading import load_for_eval
+    from ellbench.report.build import build_report
+    from ellbench.report.tables import write_summary
     from ellbench.store import Store
+    from ellbench.tasks.attack import run_attack_suite
+    from ellbench.tasks.collapse import run_collapse
+    from ellbench.tasks.corruption import corrupted_datasets, run_corruption_suite
+    from ellbench.tasks.eval import run_eval
+    from ellbench.tasks.profile import run_profile
     from ellbench.train import TrainConfig, train
 
     out_dir = Path(out_dir)
     test_set = open_dataset(plan.dataset, "test", root=data_root, limit=plan.limit)  # fails before any file exists
-    attack_entries = [entry for suite in plan.attack_suites for entry in attacks.load_suite(suite)]
-    suite = corruptions.load_suite(plan.corruption_suite)
+    attack_entries = [entry for suite in plan.attack_suites for entry in load_attack_suite(suite)]
+    suite = load_corruption_suite(plan.corruption_suite)
     store = Store.in_folder(out_dir)
     rows = []
     for seed in plan.seeds:
-        corrupted = corruptions.corrupted_datasets(suite, clean=test_set, seed=seed, precompute=True)
+        corrupted = corrupted_datasets(suite, clean=test_set, seed=seed, precompute=True)
         for name in plan.models:
             config = TrainConfig(model=name, dataset=plan.dataset, epochs=plan.epochs, batch_size=plan.batch_size,
                                  lr=plan.lr, seed=seed, limit=plan.train_limit)
             record = train(config, out_dir / "checkpoints", data_root=data_root, progress=progress)
             checkpoint = str(out_dir / "checkpoints" / f"{name}-{plan.dataset}-seed{seed}.safetensors")
             loaded = load_for_eval(name, checkpoint, dataset=test_set, seed=seed)
-            clean = run_clean(store, loaded, test_set, batch_size=EVAL_BATCH, seed=seed, progress=progress)
-            attacked = attacks.run_attack_suite(store, loaded, test_set, attack_entries, batch_size=EVAL_BATCH,
-                                                seed=seed, progress=progress)
-            corrupt = corruptions.run_corruption_suite(store, loaded, suite, clean=test_set, batch_size=EVAL_BATCH,
-                                                       seed=seed, datasets=corrupted, progress=progress)
+            clean = run_eval(store, loaded, test_set, batch_size=EVAL_BATCH, seed=seed, progress=progress)
+            attacked = run_attack_suite(store, loaded, test_set, attack_entries, batch_size=EVAL_BATCH, seed=seed,
+                                        progress=progress)
+            corrupt = run_corruption_suite(store, loaded, suite, clean=test_set, batch_size=EVAL_BATCH, seed=seed,
+                                           datasets=corrupted, progress=progress)
             collapse = run_collapse(store, loaded, test_set, batch_size=EVAL_BATCH, seed=seed, progress=progress)
             row = {"model": name, "seed": seed, "params": record["parameters"],
                    "train_accuracy": record["history"][-1]["train_accuracy"],
-                   "clean_accuracy": clean["summary"]["accuracy"]}
+                   "clean_accuracy": clean["summary"]["accuracy"],
+                   "clean_top5_accuracy": clean["summary"].get("top5_accuracy")}
             for entry, job in zip(attack_entries, attacked["jobs"], strict=True):
                 row[f"{entry.label} ({entry.protocol})"] = job["summary"]["accuracy"]
             row["corruption_accuracy"] = 1.0 - corrupt["mean_error"]
@@ -98,7 +106,7 @@ def run_demo(out_dir: Path, plan: DemoPlan, *, data_root: str | None = None, pro
     seeds = ",".join(map(str, plan.seeds))
     title = (f"ellbench on {plan.dataset}: {len(test_set)} test images, {plan.epochs} epochs, "
              f"seed{'s' if len(plan.seeds) > 1 else ''} {seeds}")
-    write_summary(out_dir, rows, title=title, print_table=False)
+    write_summary(out_dir, rows, title=title)
     if progress:
         _print_compact(rows, [f"{e.label} ({e.protocol})" for e in attack_entries], title)
     comparisons = [pair for pair in DEMO_COMPARISONS if pair[0] in plan.models and pair[1] in plan.models]

@@ -118,64 +118,36 @@ def barrier(timeout_s: float | None = None) -> None:
         _dist().barrier(timeout=None if timeout_s is None else datetime.timedelta(seconds=timeout_s))
 
 
-def _batches(dataset, batches: list[int], batch_size: int, loader_workers: int):
-    """(batch number, indices, images, labels) for the given batches, loaded in order."""
-    from ellbench.data import dataset_batch
-    from ellbench.runner import batch_indices
-
-    total = len(dataset)
-    index_lists = [batch_indices(total, batch_size, b) for b in batches]
-    if loader_workers > 0 and batches:
-        import torch
-
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=index_lists, num_workers=loader_workers)
-        for batch, indices, (images, labels) in zip(batches, index_lists, loader, strict=True):
-            yield batch, indices, images, labels
-        return
-    for batch, indices in zip(batches, index_lists, strict=True):
-        images, labels = dataset_batch(dataset, indices)
-        yield batch, indices, images, labels
+def shard(items: list) -> list:
+    """This rank's share of `items`: round-robin, so rank r takes items r, r + world, r + 2 world, ..."""
+    return items[rank()::world_size()] if is_distributed() else list(items)
 
 
-def _data_identity(dataset) -> tuple:
-    """What must agree between ranks: the example count, and the fingerprint of content-hashed (built-in) data.
+def rounds(count: int) -> int:
+    """How many gather rounds `count` items sharded over the ranks take: every rank joins each round."""
+    size = world_size() if is_distributed() else 1
+    return (count + size - 1) // size
 
-    Folder fingerprints include file times, which differ between copies of one data set on different machines.
+
+def gather_to_writer(value) -> list:
+    """Every rank's `value` on rank 0, in rank order; an empty list on the other ranks."""
+    if not is_distributed():
+        return [value]
+    gathered = [None] * world_size() if rank() == 0 else None
+    _dist().gather_object(value, gathered, dst=0)
+    return gathered if rank() == 0 else []
+
+
+def check_same(value, what: str, describe=str) -> None:
+    """Stop every rank with a one-line error when `value` differs between ranks (e.g. the data set each one opened).
+
+    `describe(value)` words a rank's value in the message; `what` names what must agree.
     """
-    fingerprint = str(getattr(dataset, "fingerprint", ""))
-    return len(dataset), None if "folder:" in fingerprint else fingerprint
-
-
-def _check_same_data(dataset) -> None:
-    """Every rank must read the data rank 0 reads, or batch b would hold different examples on different ranks."""
+    if not is_distributed():
+        return
     seen = [None] * world_size()
-    _dist().all_gather_object(seen, _data_identity(dataset))
+    _dist().all_gather_object(seen, value)
     for other_rank, other in enumerate(seen):
         if other != seen[0]:
-            raise EllbenchError(f"rank {other_rank} sees {other[0]} examples ({other[1] or 'a folder'}), rank 0 sees "
-                                f"{seen[0][0]} ({seen[0][1] or 'a folder'}): every machine needs the same data")
-
-
-def evaluate_batches(dataset, todo: list[int], batch_size: int, evaluate_batch, *, loader_workers: int = 0):
-    """Yield (batch, rows) for every batch in `todo`; under torch.distributed, rank 0 receives all ranks' rows."""
-    import torch
-
-    if not is_distributed():
-        for batch, indices, images, labels in _batches(dataset, todo, batch_size, loader_workers):
-            yield batch, evaluate_batch(torch.as_tensor(indices), images, labels)
-        return
-    dist, size, me = _dist(), world_size(), rank()
-    _check_same_data(dataset)
-    mine = todo[me::size]
-    rounds = (len(todo) + size - 1) // size
-    loaded = _batches(dataset, mine, batch_size, loader_workers)
-    for _ in range(rounds):
-        item = next(loaded, None)
-        result = None
-        if item is not None:
-            batch, indices, images, labels = item
-            result = (batch, evaluate_batch(torch.as_tensor(indices), images, labels))
-        gathered = [None] * size if me == 0 else None
-        dist.gather_object(result, gathered, dst=0)
-        if me == 0:
-            yield from sorted((g for g in gathered if g is not None), key=lambda pair: pair[0])
+            raise EllbenchError(f"rank {other_rank} sees {describe(other)}, rank 0 sees {describe(seen[0])}: "
+                                f"every machine needs the same {what}")

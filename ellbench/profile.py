@@ -3,12 +3,16 @@
 Timing follows timm's benchmark.py: random input made once, inference under ``torch.inference_mode`` (and
 autocast when AMP is on), warm-up steps, then timed steps whose clock stops after a device synchronisation.
 On top of timm it repeats the timed run and reports median and spread, times batch-1 latency call by call
-(median and p90), and measures peak memory:
+(median and p90), and measures peak memory, the bytes of live tensors at the busiest moment of one forward pass
+(``peak_memory_mib``; weights + input + activations at the profiled batch size):
   - CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus what was allocated before
     the model was moved to the GPU;
-  - CPU: peak resident memory (VmHWM) of a fresh child process (``python -m ellbench.profile``) minus its RSS
-    after imports, so the imports of one model never inflate the figure of the next.
-Both therefore cover weights + input + activations of one forward pass at the profiled batch size.
+  - CPU: weights and input from their tensors, plus the highest total that torch's CPU allocator held during one
+    forward pass above the total before it, from torch's profiler (``profile_memory=True``). It does not vary
+    between identical runs.
+On CPU, peak resident memory is a secondary figure (``peak_rss_mib``): VmHWM of a fresh child process
+(``python -m ellbench.profile``) minus its RSS after imports. It also counts what the C library keeps or maps afresh,
+which depends on the process's history, so it moves by 10% or more between identical runs.
 
 FLOPs are counted with ``torch.utils.flop_counter`` on one image in float32 on the CPU. Torch's counter gives
 the CPU fused attention kernel 0 FLOPs (pytorch issue #195460) while it counts explicit matmuls, which would bias
@@ -33,11 +37,15 @@ from collections.abc import Callable
 import timm
 import torch
 from torch import nn
+from torch._C._profiler import _EventType
+from torch.profiler import ProfilerActivity
+from torch.profiler import profile as torch_profile
 from torch.utils.flop_counter import FlopCounterMode
 
-import ellbench
+from ellbench._version import __version__
 from ellbench.errors import EllbenchError
-from ellbench.models.factory import build_model, family_of
+from ellbench.models.factory import family_of
+from ellbench.models.loading import load_model
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -126,19 +134,12 @@ def fused_attention_state(model: nn.Module) -> str:
 
 
 def resolve_device(device: str) -> torch.device:
-    """Parse 'cpu', 'cuda' or 'cuda:N'; a CUDA device without a usable GPU is a user error."""
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise EllbenchError(f"unknown device '{device}' (use cpu, cuda or cuda:N)") from error
-    if resolved.type not in ("cpu", "cuda"):
-        raise EllbenchError(f"unsupported device '{device}' (use cpu, cuda or cuda:N)")
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EllbenchError(f"--device {device} was requested but no CUDA GPU is available on this machine")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise EllbenchError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    return resolved
+    """'cpu', 'cuda' or 'cuda:N' as a torch.device (ellbench.models.loading.resolve_device checks it)."""
+    from ellbench.models.loading import resolve_device as check_device
+
+    if device == "auto":
+        raise EllbenchError("profile needs a device named outright: cpu, cuda or cuda:N")
+    return torch.device(check_device(device))
 
 
 def _check_settings(batch_size, img_size, amp, threads, repeats, warmup, steps, latency_steps) -> None:
@@ -199,7 +200,7 @@ def build_profiled_model(
     name: str, *, img_size: int | None = None, num_classes: int | None = None, checkpoint=None, seed: int = 0
 ) -> nn.Module:
     """The raw timm network of `name` in eval mode (normalisation wrapper left out, as timm's benchmark does)."""
-    return build_model(name, img_size=img_size, num_classes=num_classes, checkpoint=checkpoint, seed=seed).model.eval()
+    return load_model(name, checkpoint, img_size=img_size, num_classes=num_classes, seed=seed).model.eval()
 
 
 def model_image_size(model: nn.Module, img_size: int | None) -> int:
@@ -315,10 +316,10 @@ def _load_kernels(device: torch.device, amp: str) -> None:
         (heads @ heads.transpose(-2, -1)).softmax(-1) @ heads
 
 
-def measure_cpu_memory_here(settings: dict) -> dict:
+def measure_cpu_rss_here(settings: dict) -> dict:
     """Peak RSS of this process over building the model and two forward passes, minus the RSS after imports.
 
-    Meant to run in a fresh process (see measure_cpu_memory); `settings` holds the profile_model arguments.
+    Meant to run in a fresh process (see measure_cpu_rss); `settings` holds the profile_model arguments.
     """
     device = torch.device("cpu")
     with torch_threads(settings["threads"]):
@@ -341,12 +342,12 @@ def measure_cpu_memory_here(settings: dict) -> dict:
     method = "peak RSS (VmHWM) of a fresh child process minus its RSS after imports"
     if not peak_was_reset:
         method += "; the peak could not be reset after building, so it may include initialisation"
-    return {"peak_memory_mib": (peak - baseline) / MIB, "model_memory_mib": model_bytes / MIB, "memory_method": method}
+    return {"peak_rss_mib": (peak - baseline) / MIB, "model_rss_mib": model_bytes / MIB, "rss_method": method}
 
 
-def measure_cpu_memory(settings: dict, timeout_s: float = 1800.0) -> dict:
-    """Run measure_cpu_memory_here in a fresh `python -m ellbench.profile --memory-child` process."""
-    command = [sys.executable, "-m", "ellbench.profile", "--memory-child", json.dumps(settings)]
+def measure_cpu_rss(settings: dict, timeout_s: float = 1800.0) -> dict:
+    """Run measure_cpu_rss_here in a fresh `python -m ellbench.profile --rss-child` process."""
+    command = [sys.executable, "-m", "ellbench.profile", "--rss-child", json.dumps(settings)]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
     try:
         finished = subprocess.run(
@@ -358,6 +359,62 @@ def measure_cpu_memory(settings: dict, timeout_s: float = 1800.0) -> dict:
         last_line = (finished.stderr.strip().splitlines() or ["no error output"])[-1]
         raise EllbenchError(f"memory measurement of {settings['name']} failed: {last_line}")
     return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes of the storages behind `tensors`, each storage counted once (shared weights, views)."""
+    storages = {tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes() for tensor in tensors}
+    return sum(storages.values())
+
+
+def _allocator_peak_bytes(prof) -> int:
+    """Highest total held by torch's CPU allocator during a profiled run, above the total when the run began.
+
+    Every allocation and free event of the profiler carries the allocator's running total after it (the field behind
+    torch.profiler's memory timeline); the total before the first event is that event's total less its size.
+    """
+    events, pending = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while pending:
+        event = pending.pop()
+        pending.extend(event.children)
+        if event.tag == _EventType.Allocation and event.typed[1].device.type == "cpu":
+            events.append((event.start_time_ns, event.typed[1].alloc_size, event.typed[1].total_allocated))
+    if not events:
+        return 0
+    _, first_size, first_total = min(events)
+    return max(total for _, _, total in events) - (first_total - first_size)
+
+
+def measure_cpu_memory(model: Callable, images: torch.Tensor, amp: str, weights: nn.Module | None = None) -> dict:
+    """Peak bytes of live CPU tensors during one forward pass: weights + input + the activations alive at the peak.
+
+    The CPU counterpart of measure_cuda_memory. Activations: the allocator's peak total above its total before the
+    pass (torch profiler, profile_memory=True), after one unprofiled pass so that lazy initialisation stays out.
+    Like CUDA's max_memory_allocated it counts every block torch allocates, kernels' scratch included (CUDA rounds
+    blocks up to 512 bytes; this is exact), and nothing the C library keeps or maps on the side. `weights` is the
+    module whose parameters and buffers are counted, when `model` is a compiled wrapper of it.
+    """
+    weights = weights if weights is not None else model
+    with torch.inference_mode():
+        with _autocast(images.device, amp):
+            model(images)
+        # A fresh autocast context, as in measure_cuda_memory: the low-precision copies of the weights that autocast
+        # caches within one context are made, and counted, during the profiled pass.
+        with torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            with _autocast(images.device, amp):
+                model(images)
+    weight_bytes = tensor_bytes([*weights.parameters(), *weights.buffers()])
+    input_bytes = tensor_bytes([images])
+    activation_bytes = _allocator_peak_bytes(prof)
+    return {
+        "peak_memory_mib": (weight_bytes + input_bytes + activation_bytes) / MIB,
+        "model_memory_mib": weight_bytes / MIB,
+        "input_memory_mib": input_bytes / MIB,
+        "activation_memory_mib": activation_bytes / MIB,
+        "memory_method": "bytes of live tensors at the peak of one forward pass: parameters, buffers and input, plus "
+        "the highest total of torch's CPU allocator during the pass above its total before (torch.profiler, "
+        "profile_memory=True)",
+    }
 
 
 def measure_cuda_memory(model: Callable, images: torch.Tensor, allocated_before_model: int, amp: str) -> dict:
@@ -394,6 +451,7 @@ def profile_model(
     latency_steps: int = 50,
     fused_attn: bool | None = None,
     measure_memory: bool = True,
+    measure_rss: bool = True,
     num_classes: int | None = None,
     checkpoint=None,
     seed: int = 0,
@@ -401,7 +459,9 @@ def profile_model(
     """Profile one registered model: throughput at `batch_size`, batch-1 latency, peak memory, FLOPs, parameters.
 
     `fused_attn` None keeps each model's own setting (timm's default is fused); True/False forces it where a
-    module has timm's `fused_attn` flag. The returned dict is flat and JSON-able, with every setting recorded.
+    module has timm's `fused_attn` flag. `measure_memory` measures `peak_memory_mib` (live tensors; see the module
+    docstring); on CPU `measure_rss` adds `peak_rss_mib` from a fresh child process (seconds more per model). The
+    returned dict is flat and JSON-able, with every setting recorded.
     """
     _check_settings(batch_size, img_size, amp, threads, repeats, warmup, steps, latency_steps)
     torch_device = resolve_device(device)
@@ -421,14 +481,17 @@ def profile_model(
         result |= measure_latency(forward, images[:1], warmup=warmup, steps=latency_steps, amp=amp)
         if measure_memory and torch_device.type == "cuda":
             result |= measure_cuda_memory(forward, images, allocated_before_model, amp)
+            result["model_memory_mib"] = tensor_bytes([*model.parameters(), *model.buffers()]) / MIB
+        if measure_memory and torch_device.type == "cpu":
+            result |= measure_cpu_memory(forward, images, amp, weights=model)
         del forward, model, images
         gc.collect()
         if torch_device.type == "cuda":
             torch.cuda.empty_cache()
-    if measure_memory and torch_device.type == "cpu":
+    if measure_memory and measure_rss and torch_device.type == "cpu":
         child = {**build, "checkpoint": None if checkpoint is None else str(checkpoint), "batch_size": batch_size,
                  "amp": amp, "compile": compile, "threads": result["threads"], "fused_attn": fused_attn}  # fmt: skip
-        result |= measure_cpu_memory(child)
+        result |= measure_cpu_rss(child)
     return result
 
 
@@ -459,7 +522,7 @@ def _describe(model, build: dict, side: int, device: torch.device, amp: str, com
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None,
         "torch_version": torch.__version__,
         "timm_version": timm.__version__,
-        "ellbench_version": ellbench.__version__,
+        "ellbench_version": __version__,
     }
 
 
@@ -467,11 +530,11 @@ def _describe(model, build: dict, side: int, device: torch.device, amp: str, com
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry of the memory child: `python -m ellbench.profile --memory-child '<settings JSON>'` prints one JSON line."""
+    """Entry of the RSS child: `python -m ellbench.profile --rss-child '<settings JSON>'` prints one JSON line."""
     parser = argparse.ArgumentParser(prog="python -m ellbench.profile", description=main.__doc__)
-    parser.add_argument("--memory-child", required=True, metavar="JSON", help="profile_model settings as JSON")
+    parser.add_argument("--rss-child", required=True, metavar="JSON", help="profile_model settings as JSON")
     arguments = parser.parse_args(argv)
-    print(json.dumps(measure_cpu_memory_here(json.loads(arguments.memory_child))))
+    print(json.dumps(measure_cpu_rss_here(json.loads(arguments.rss_child))))
     return 0
 
 

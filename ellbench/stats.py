@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
+from scipy.stats import binomtest, false_discovery_control
 
 from ellbench.errors import EllbenchError
 
@@ -49,15 +49,6 @@ class PairedComparison:
     only_a: int
     only_b: int
     p_value: float
-
-
-@dataclass(frozen=True)
-class SeedSummary:
-    """Mean, sample standard deviation (NaN for one seed) and number of seeds."""
-
-    mean: float
-    std: float
-    n: int
 
 
 def paired_outcomes(correct_a, correct_b) -> tuple[np.ndarray, np.ndarray]:
@@ -198,15 +189,6 @@ def _groups(rows: pd.DataFrame, by: list[str]) -> dict[tuple, pd.DataFrame]:
     }
 
 
-def seed_summary(values) -> SeedSummary:
-    """Mean, sample standard deviation (ddof=1) and count of one metric over seeds."""
-    array = np.asarray(values, dtype=float)
-    if array.ndim != 1 or array.size == 0:
-        raise EllbenchError("a seed summary needs a non-empty 1-d list of values")
-    std = float(array.std(ddof=1)) if array.size > 1 else float("nan")
-    return SeedSummary(mean=float(array.mean()), std=std, n=int(array.size))
-
-
 def summarize_seeds(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
     """Per group of `by` columns, the mean, sample std (NaN for one seed) and count of `value` over runs."""
     missing = (set(by) | {value}) - set(frame.columns)
@@ -214,3 +196,19 @@ def summarize_seeds(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFr
         raise EllbenchError(f"cannot summarise seeds: no column(s) {', '.join(sorted(missing))}")
     grouped = frame.groupby(by, sort=True, dropna=False)[value]
     return grouped.agg(mean="mean", std="std", n="count").reset_index()
+
+
+def bh_q_values(p_values) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values) of one family of tests, in the order given.
+
+    q_(i) = min over j >= i of p_(j) m / j for the sorted p-values, capped at 1 (scipy's false_discovery_control):
+    a cell with q < 0.05 is a discovery at a 5% false discovery rate across the family.
+    """
+    values = np.asarray(p_values, dtype=float)
+    if values.ndim != 1:
+        raise EllbenchError(f"q-values need a 1-d list of p-values, got shape {values.shape}")
+    if values.size == 0:
+        return values
+    if not ((values >= 0) & (values <= 1)).all():
+        raise EllbenchError("q-values need p-values in [0, 1]")
+    return false_discovery_control(values, method="bh")

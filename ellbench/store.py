@@ -8,13 +8,16 @@ Each batch is written in one transaction (WAL mode), so a killed process loses a
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 from pathlib import Path
 
 from ellbench.errors import EllbenchError
+from ellbench.io import ensure_writable_dir
 
 STORE_FILENAME = "ellbench.sqlite"
 KEY_FIELDS = ("model", "checkpoint", "data", "task", "settings", "seed", "version")
@@ -74,41 +77,96 @@ def job_id_for(key: dict) -> str:
     return hashlib.sha256(canonical_json({f: key[f] for f in KEY_FIELDS}).encode()).hexdigest()
 
 
-def default_out_dir() -> Path:
-    return Path(os.environ.get("ELLBENCH_OUT", "reports"))
+BUSY_TIMEOUT_S = 120
 
 
-def ensure_writable_dir(path: str | Path) -> Path:
-    """Create the output folder if needed and check that files can be written there (one-line error otherwise)."""
-    folder = Path(path)
+def store_error(path: Path, error: sqlite3.Error) -> EllbenchError:
+    """The one-line error for a store problem: which file, what is wrong, and what to do."""
+    text = str(error)
+    if "readonly" in text or "read-only" in text:
+        return EllbenchError(f"results store {path} is read-only ({text}): make it and its folder writable, or pass "
+                             "another --out")
+    if "locked" in text or "busy" in text:
+        return EllbenchError(f"results store {path} stayed locked by another process for over {BUSY_TIMEOUT_S} s: "
+                             "wait for it to finish, or pass another --out")
+    if "full" in text:
+        return EllbenchError(f"no space left for results store {path} ({text}): free disk space, then run the same "
+                             "command again (finished batches are kept)")
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return EllbenchError(f"results store {path} is damaged ({text}): move it aside and run again to start a new "
+                             "one, or restore a copy")
+    return EllbenchError(f"results store {path}: {text}")
+
+
+def _store_errors(method):
+    """Store methods raise a one-line EllbenchError naming the file instead of sqlite3's exceptions."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as error:
+            raise store_error(self.path, error) from None
+
+    return guarded
+
+
+def _process_alive(provenance: dict) -> bool | None:
+    """Whether the process an attempt's provenance names is still running; None when this machine cannot tell."""
+    pid, host = provenance.get("pid"), provenance.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".ellbench-write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise EllbenchError(f"output folder {folder} is not writable: {exc.strerror or exc}") from exc
-    return folder
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 class Store:
-    """The results database of one output folder."""
+    """The results database of one output folder.
 
-    def __init__(self, path: str | Path):
+    Opened for writing, the file's integrity is checked (SQLite's quick_check) before the first write, so that a
+    damaged store is noticed even when every job in it looks finished. `read_only=True` opens an existing store
+    without writing to it (reports).
+    """
+
+    def __init__(self, path: str | Path, *, read_only: bool = False):
         self.path = Path(path)
-        ensure_writable_dir(self.path.parent)
+        self.read_only = read_only
+        self._checked = False
+        self._attempt: dict[str, int] = {}  # job id -> the attempt this process runs
+        if not read_only:
+            ensure_writable_dir(self.path.parent)
         try:
-            self.conn = sqlite3.connect(self.path, timeout=120, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("PRAGMA busy_timeout=120000")
-            self.conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise EllbenchError(f"cannot open results store {self.path}: {exc}") from exc
+            if read_only:
+                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
+                                            isolation_level=None)
+                self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+                self.conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
+            else:
+                self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+                self.conn.executescript(_SCHEMA)
+        except sqlite3.Error as error:
+            raise store_error(self.path, error) from None
 
     @classmethod
-    def in_folder(cls, out_dir: str | Path) -> Store:
-        return cls(Path(out_dir) / STORE_FILENAME)
+    def in_folder(cls, out_dir: str | Path, *, read_only: bool = False) -> Store:
+        return cls(Path(out_dir) / STORE_FILENAME, read_only=read_only)
+
+    @_store_errors
+    def check_integrity(self) -> None:
+        """SQLite's quick_check over the whole file; a one-line error when it finds damage."""
+        problems = [row[0] for row in self.conn.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise EllbenchError(f"results store {self.path} is damaged (quick_check: {problems[0]}): move it aside "
+                                "and run again to start a new one, or restore a copy")
+        self._checked = True
 
     def close(self) -> None:
         self.conn.close()
@@ -117,8 +175,16 @@ class Store:
         return _Transaction(self.conn)
 
     # jobs -----------------------------------------------------------------------------------------------
+    @_store_errors
     def open_job(self, key: dict, *, total: int, batch_size: int, provenance: dict) -> dict:
-        """Create the job if new, start a new attempt, and return the job row (status 'done' if already finished)."""
+        """Create the job if new, start a new attempt, and return the job row (status 'done' if already finished).
+
+        Attempts still marked running whose process is gone (killed on this machine, or of a process this machine
+        cannot see) become 'abandoned'; a live one (another process on this machine working on the same job) keeps
+        its status and closes its own attempt when it ends.
+        """
+        if not self._checked:
+            self.check_integrity()
         job_id = job_id_for(key)
         now = utc_now()
         with self.transaction():
@@ -138,9 +204,12 @@ class Store:
                     f"this run has {total} in batches of {batch_size}"
                 )
             if row is None or row["status"] != "done":
-                # An attempt still marked running belongs to a process that died without closing it (SIGKILL).
-                self.conn.execute("UPDATE attempts SET status = 'abandoned' WHERE job_id = ? AND status = 'running'",
-                                  (job_id,))
+                running = self.conn.execute("SELECT attempt, provenance FROM attempts WHERE job_id = ? AND "
+                                            "status = 'running'", (job_id,)).fetchall()
+                for attempt, recorded in running:
+                    if not _process_alive(json.loads(recorded)):  # died without closing it (SIGKILL), or unknown
+                        self.conn.execute("UPDATE attempts SET status = 'abandoned' WHERE job_id = ? AND attempt = ?",
+                                          (job_id, attempt))
                 attempt = self.conn.execute(
                     "SELECT COALESCE(MAX(attempt), 0) + 1 FROM attempts WHERE job_id = ?", (job_id,)
                 ).fetchone()[0]
@@ -148,13 +217,16 @@ class Store:
                     "INSERT INTO attempts (job_id, attempt, status, started_utc, provenance) VALUES (?,?,?,?,?)",
                     (job_id, attempt, "running", now, canonical_json(provenance)),
                 )
+                self._attempt[job_id] = attempt
         return self.get_job(job_id)
 
+    @_store_errors
     def get_job(self, job_id: str) -> dict | None:
         cursor = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
         row = cursor.fetchone()
         return None if row is None else _row_dict(cursor, row)
 
+    @_store_errors
     def jobs(self, **equals) -> list[dict]:
         """Job rows, optionally filtered by column equality (e.g. task='clean', status='done')."""
         clauses = " AND ".join(f"{column} = ?" for column in equals)
@@ -164,9 +236,22 @@ class Store:
         )
         return [_row_dict(cursor, row) for row in cursor.fetchall()]
 
+    @_store_errors
+    def done_jobs(self) -> list[dict]:
+        """Finished jobs in the order they finished.
+
+        Jobs finished within the same second keep the order they were created in (SQLite's rowid), so 'the newest
+        run of a cell' is well defined.
+        """
+        cursor = self.conn.execute(
+            "SELECT * FROM jobs WHERE status = 'done' ORDER BY COALESCE(finished_utc, ''), rowid")
+        return [_row_dict(cursor, row) for row in cursor.fetchall()]
+
+    @_store_errors
     def done_batches(self, job_id: str) -> set[int]:
         return {b for (b,) in self.conn.execute("SELECT batch FROM batches WHERE job_id = ?", (job_id,))}
 
+    @_store_errors
     def commit_batch(self, job_id: str, batch: int, rows: list[dict]) -> None:
         """Write one batch's per-example outcomes and its marker in a single transaction."""
         records = []
@@ -186,6 +271,7 @@ class Store:
                 (job_id, int(batch), len(records), utc_now()),
             )
 
+    @_store_errors
     def finish_job(self, job_id: str, summary: dict) -> None:
         now = utc_now()
         with self.transaction():
@@ -195,17 +281,23 @@ class Store:
             )
             self._end_attempt(job_id, "done", now)
 
+    @_store_errors
     def end_attempt(self, job_id: str, status: str) -> None:
         """Close the running attempt as 'interrupted' or 'failed'; committed batches stay for the resume."""
         with self.transaction():
             self._end_attempt(job_id, status, utc_now())
 
     def _end_attempt(self, job_id: str, status: str, now: str) -> None:
+        """Close this process's attempt (another process's live attempt on the same job is left to close itself)."""
+        attempt = self._attempt.pop(job_id, None)
+        if attempt is None:
+            return
         self.conn.execute(
-            "UPDATE attempts SET status = ?, ended_utc = ? WHERE job_id = ? AND status = 'running'",
-            (status, now, job_id),
+            "UPDATE attempts SET status = ?, ended_utc = ? WHERE job_id = ? AND attempt = ?",
+            (status, now, job_id, attempt),
         )
 
+    @_store_errors
     def record_result(self, key: dict, summary: dict, provenance: dict) -> dict:
         """Store a job that has no per-example outcomes (e.g. a profile): done in one step, reused when re-run."""
         job = self.open_job(key, total=0, batch_size=0, provenance=provenance)
@@ -213,6 +305,7 @@ class Store:
             self.finish_job(job["id"], summary)
         return self.get_job(job["id"])
 
+    @_store_errors
     def replace_result(self, key: dict, summary: dict, provenance: dict) -> dict:
         """Store a result without outcomes, replacing an earlier one with the same key (e.g. a new measurement)."""
         job_id = job_id_for(key)
@@ -224,10 +317,12 @@ class Store:
             self.finish_job(job_id, summary)
         return self.get_job(job["id"])
 
+    @_store_errors
     def attempts(self, job_id: str) -> list[dict]:
         cursor = self.conn.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY attempt", (job_id,))
         return [_row_dict(cursor, row) for row in cursor.fetchall()]
 
+    @_store_errors
     def outcomes(self, job_id: str):
         """Per-example outcomes of a job as a pandas DataFrame ordered by idx, with extras as columns."""
         import pandas as pd

@@ -10,14 +10,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ellbench import __version__
+from ellbench._version import __version__
 from ellbench.errors import EllbenchError
+from ellbench.io import ProgressBar, atomic_path, atomic_write_text, ensure_writable_dir
+from ellbench.models.loading import model_kwargs_for
 
 AUGMENTATIONS = ("none", "crop", "crop-flip")
 
@@ -53,17 +54,6 @@ class TrainConfig:
             raise EllbenchError(f"unknown augmentation {self.augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
 
 
-def model_kwargs_for(model: str, image_size: int, num_classes: int) -> dict:
-    """Constructor settings that fit a small-image model to a data set (patch 2 below 16 px, else 4).
-
-    RVT's conv stem takes the same patch size as its stride, so every family sees the same token grid.
-    """
-    kwargs = {"img_size": image_size, "num_classes": num_classes}
-    if "patch" in model or model.startswith("rvt_"):
-        kwargs["patch_size"] = 2 if image_size <= 16 else 4
-    return kwargs
-
-
 def checkpoint_path(out_dir: Path, config: TrainConfig) -> Path:
     return Path(out_dir) / f"{config.model}-{config.dataset}-seed{config.seed}.safetensors"
 
@@ -94,14 +84,36 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _module_generators(model: torch.nn.Module) -> dict[str, torch.Generator]:
+    """Random generators that modules own for training-time draws (MoM's subsets), by module name."""
+    return {name: module._train_generator for name, module in model.named_modules()
+            if isinstance(getattr(module, "_train_generator", None), torch.Generator)}
+
+
+def _accuracy(model: torch.nn.Module, dataset, device: str, batch_size: int = 256) -> float:
+    """Top-1 accuracy of `model` on a whole in-memory data set, in eval mode (the mode is restored)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            images, labels = dataset.get_batch(torch.arange(start, min(len(dataset), start + batch_size)))
+            correct += int((model(images.to(device)).argmax(1).cpu() == labels).sum())
+    model.train(was_training)
+    return correct / len(dataset)
+
+
 def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = None, progress: bool = True,
-          device: str = "cpu") -> dict:
-    """Train one model (or resume, or reuse a finished checkpoint); return the sidecar record of the result."""
+          device: str = "cpu", eval_set=None) -> dict:
+    """Train one model (or resume, or reuse a finished checkpoint); return the sidecar record of the result.
+
+    With `eval_set` (an in-memory data set, e.g. the test split), each epoch's history also holds the model's
+    accuracy on it: the training curve. Evaluating draws no random numbers, so the weights are the same either way.
+    """
     from safetensors.torch import save_file
 
     from ellbench.data import open_dataset
     from ellbench.models.factory import build_model
-    from ellbench.store import ensure_writable_dir
 
     config.validate()
     train_set = open_dataset(config.dataset, "train", root=data_root, limit=config.limit)
@@ -137,12 +149,13 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
             schedule.load_state_dict(state["schedule"])
             generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
+            for name, module_generator in _module_generators(model).items():
+                module_generator.set_state(state["module_generators"][name])
             history = json.loads(state["history"])
             start_epoch = int(state["epoch"])
 
-    bar = _EpochBar(progress, f"train {config.model}", config.epochs * steps_per_epoch,
-                    start_epoch * steps_per_epoch)
-    with bar:
+    with ProgressBar(f"train {config.model}", config.epochs * steps_per_epoch,
+                     completed=start_epoch * steps_per_epoch, unit="steps", enabled=progress) as bar:
         for epoch in range(start_epoch, config.epochs):
             model.train()
             order = torch.randperm(len(train_set), generator=generator)
@@ -162,13 +175,18 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
                 loss_sum += loss.item() * len(labels)
                 correct += int((logits.argmax(1) == labels).sum())
                 seen += len(labels)
-                bar.advance(f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f}")
+                bar.advance(info=f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f}")
             history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen})
-            _atomic_torch_save({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "history": json.dumps(history), "epoch": epoch + 1, "train": json.dumps(settings, sort_keys=True),
-            }, state_file)
+            if eval_set is not None:
+                history[-1]["test_accuracy"] = _accuracy(model, eval_set, device)
+            with atomic_path(state_file) as tmp:
+                torch.save({
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(), "history": json.dumps(history), "epoch": epoch + 1,
+                    "train": json.dumps(settings, sort_keys=True),
+                    "module_generators": {name: g.get_state() for name, g in _module_generators(model).items()},
+                }, tmp)
 
     record = {
         "model": config.model, "model_kwargs": model_kwargs, "dataset": train_set.fingerprint,
@@ -176,49 +194,20 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.model.state_dict().items()}
-    tmp = final.with_suffix(".safetensors.tmp")
-    save_file(tensors, str(tmp), metadata={"model": config.model})
-    os.replace(tmp, final)
-    _atomic_write_text(sidecar, json.dumps(record, indent=2))
+    with atomic_path(final) as tmp:
+        save_file(tensors, str(tmp), metadata={"model": config.model})
+    atomic_write_text(sidecar, json.dumps(record, indent=2))
     state_file.unlink(missing_ok=True)
     record["checkpoint"] = str(final)
     return record
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def record_training(store, record: dict, *, checkpoint_id: str) -> dict:
+    """Store a finished training's curve (its sidecar record) as a 'train' result of its checkpoint, for reports."""
+    from ellbench.runner import job_key, provenance
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-class _EpochBar:
-    def __init__(self, enabled: bool, description: str, total: int, completed: int):
-        self.enabled = enabled
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                     console=Console(stderr=True))
-            self.task = self.progress.add_task(description, total=total, completed=completed, info="")
-
-    def __enter__(self):
-        if self.enabled:
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.progress.__exit__(*exc)
-        return False
-
-    def advance(self, info: str) -> None:
-        if self.enabled:
-            self.progress.update(self.task, advance=1, info=info)
+    settings = record["train"]
+    key = job_key(model=record["model"], checkpoint=checkpoint_id, data=record["dataset"], task="train",
+                  settings=settings, seed=settings["seed"])
+    summary = {"history": record["history"], "parameters": record["parameters"], "epochs": settings["epochs"]}
+    return store.record_result(key, summary, provenance())

@@ -13,6 +13,20 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a CUDA GPU: without one they are skipped, with the reason shown."""
+    cuda_tests = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in cuda_tests:
+        item.add_marker(skip)
+
+
 def ellbench_command() -> list[str]:
     """The installed console script next to this interpreter, or `python -m ellbench` when there is none."""
     script = Path(sys.executable).with_name("ellbench")
@@ -26,11 +40,6 @@ def subprocess_env(tmp_path) -> dict:
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", ELLBENCH_OUT=str(tmp_path / "default-out"),
                PYTHONUNBUFFERED="1", COLUMNS="200")
     return env
-
-
-@pytest.fixture
-def ellbench_argv() -> list[str]:
-    return ellbench_command()
 
 
 @pytest.fixture

@@ -10,8 +10,12 @@ import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
-from ellbench import attacks
+from ellbench.attacks import checks, suite
+from ellbench.attacks import protocol as attack_protocol
 from ellbench.errors import EllbenchError
+from ellbench.resources import list_suites
+from ellbench.runner import Batch, JobSpec, run
+from ellbench.tasks import attack as attack_task
 
 SEED = 7
 
@@ -40,8 +44,14 @@ def batch(n=6, dtype=torch.float32):
 
 
 def entry(attack, protocol, eps, **params):
-    (only,) = attacks.make_entries(attack, params, protocol=protocol, eps=eps)
+    (only,) = suite.make_entries(attack, params, protocol=protocol, eps=eps)
     return only
+
+
+def evaluator(model, item, *, seed):
+    """The attack task's per-batch evaluation, called with (indices, images, labels) of one batch."""
+    evaluate = attack_task.attack_evaluator(model, item, seed=seed)
+    return lambda indices, images, labels: evaluate(Batch(0, indices, images, labels))
 
 
 def cross_entropy_grad(network, z, y):
@@ -69,9 +79,9 @@ def test_paper_pgd_equals_formula_without_clipping():
     indices, images, labels = batch(dtype=torch.float64)
     eps = 6 / 255
     pgd = entry("PGD", "paper", eps, alpha=0.15 * eps, steps=4, random_start=True)
-    seed = attacks.batch_seed(SEED, int(indices[0]))
-    with attacks.seeded_rng("cpu", seed):
-        outcome = attacks.make_attack(model, pgd)(images, labels)
+    seed = attack_protocol.batch_seed(SEED, int(indices[0]))
+    with attack_protocol.seeded_rng("cpu", seed):
+        outcome = attack_protocol.make_attack(model, pgd)(images, labels)
     z0, expected = reference_paper_pgd(model, images, eps, 0.15 * eps, 4, seed)
     torch.testing.assert_close(outcome.clean_input, z0, rtol=0, atol=1e-12)
     torch.testing.assert_close(outcome.adversarial_input, expected, rtol=0, atol=1e-10)
@@ -79,7 +89,7 @@ def test_paper_pgd_equals_formula_without_clipping():
     outside = (outcome.adversarial_input * model.std + model.mean - 0.5).abs() > 0.5
     assert outside.any()  # nothing clipped to the pixel range
 
-    rows = attacks.make_attack_evaluator(model, pgd, seed=SEED)(indices, images, labels)
+    rows = evaluator(model, pgd, seed=SEED)(indices, images, labels)
     linf = (expected - z0).flatten(1).abs().amax(1)
     assert [r["pred"] for r in rows] == model.model(expected).argmax(1).tolist()
     assert [r["target"] for r in rows] == model(images).argmax(1).tolist()
@@ -92,7 +102,7 @@ def test_paper_fgsm_equals_formula():
     model = TinyNormalized(dtype=torch.float64)
     _, images, labels = batch(dtype=torch.float64)
     eps = 3 / 255
-    outcome = attacks.make_attack(model, entry("FGSM", "paper", eps))(images, labels)
+    outcome = attack_protocol.make_attack(model, entry("FGSM", "paper", eps))(images, labels)
     z0 = (images - model.mean) / model.std
     expected = z0 + eps * cross_entropy_grad(model.model, z0, model.model(z0).argmax(1)).sign()
     torch.testing.assert_close(outcome.adversarial_input, expected, rtol=0, atol=1e-12)
@@ -112,7 +122,7 @@ def test_paper_protocol_equals_torchattacks_where_its_clamp_cannot_bind(attack, 
     _, images, labels = batch(dtype=torch.float64)
     eps = 4 / 255
     torch.manual_seed(3)
-    outcome = attacks.make_attack(model, entry(attack, "paper", eps, **params))(images, labels)
+    outcome = attack_protocol.make_attack(model, entry(attack, "paper", eps, **params))(images, labels)
     z0 = (images - model.mean) / model.std
     torch.manual_seed(3)
     direct = getattr(torchattacks, attack)(model.model, eps=eps, **params)(z0, model.model(z0).argmax(1))
@@ -128,8 +138,8 @@ def test_paper_protocol_is_the_standard_one_scaled_by_std_away_from_the_pixel_ed
     images = 0.3 + 0.4 * images
     predicted = model(images).argmax(1)
     eps = 4 / 255
-    standard = attacks.make_attack(model, entry("PGD", "standard", eps, alpha=eps / 3, steps=3))
-    paper = attacks.make_attack(model, entry("PGD", "paper", 2 * eps, alpha=2 * eps / 3, steps=3))
+    standard = attack_protocol.make_attack(model, entry("PGD", "standard", eps, alpha=eps / 3, steps=3))
+    paper = attack_protocol.make_attack(model, entry("PGD", "paper", 2 * eps, alpha=2 * eps / 3, steps=3))
     torch.manual_seed(5)
     in_pixels = standard(images, predicted)
     torch.manual_seed(5)
@@ -142,7 +152,7 @@ def test_paper_coordinates_keep_the_clamp_away():
     mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64)
     std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64)
     eps = 6 / 255
-    offset, scale = attacks.paper_coordinates(mean, std, 2 * eps)
+    offset, scale = attack_protocol.paper_coordinates(mean, std, 2 * eps)
     lowest, highest = min((0 - mean) / std).item(), max((1 - mean) / std).item()
     assert (lowest - 2 * eps - offset) / scale == pytest.approx(0.0, abs=1e-12)
     assert (highest + 2 * eps - offset) / scale == pytest.approx(1.0, abs=1e-12)
@@ -156,10 +166,10 @@ def test_standard_protocol_is_exactly_torchattacks(attack, params):
     model = TinyNormalized()
     indices, images, labels = batch()
     eps = 8 / 255
-    seed = attacks.batch_seed(SEED, int(indices[0]))
+    seed = attack_protocol.batch_seed(SEED, int(indices[0]))
     torch.manual_seed(seed)
     adv = getattr(torchattacks, attack)(model, eps=eps, **params)(images, labels)
-    rows = attacks.make_attack_evaluator(model, entry(attack, "standard", eps, **params), seed=SEED)(
+    rows = evaluator(model, entry(attack, "standard", eps, **params), seed=SEED)(
         indices, images, labels)
     delta = (adv - images).flatten(1).double()
     assert [r["pred"] for r in rows] == model(adv).argmax(1).tolist()
@@ -176,65 +186,69 @@ def test_budgets_hold_and_trust_checks_pass():
     results = []
     for attack, params in [("FGSM", {}), ("PGD", dict(alpha=0.5 * eps, steps=3)),
                            ("SPSA", dict(nb_iter=2, nb_sample=4, max_batch_size=4))]:
-        for protocol in attacks.PROTOCOLS:
+        for protocol in suite.PROTOCOLS:
             item = entry(attack, protocol, eps, **params)
-            rows = attacks.make_attack_evaluator(model, item, seed=SEED)(indices, images, labels)
-            assert max(r["linf"] for r in rows) <= eps * (1 + attacks.BUDGET_RTOL) + attacks.BUDGET_ATOL
-            summary = attacks.summarize_attack(_frame(rows))
-            results.append(attacks.result_record(item, summary))
-    budget = [c for c in attacks.trust_checks(results) if c["check"] == "budget"]
+            rows = evaluator(model, item, seed=SEED)(indices, images, labels)
+            assert max(r["linf"] for r in rows) <= eps * (1 + checks.BUDGET_RTOL) + checks.BUDGET_ATOL
+            summary = checks.summarize_attack(_frame(rows))
+            results.append(checks.result_record(item, summary))
+    budget = [c for c in checks.trust_checks(results) if c["check"] == "budget"]
     assert len(budget) == 6 and all(c["status"] == "ok" for c in budget)
 
 
 def test_same_seed_same_outcome_and_rng_left_alone():
     model = TinyNormalized()
     indices, images, labels = batch()
-    evaluate = attacks.make_attack_evaluator(model, entry("PGD", "paper", 4 / 255, steps=2, alpha=1 / 255), seed=1)
+    evaluate = evaluator(model, entry("PGD", "paper", 4 / 255, steps=2, alpha=1 / 255), seed=1)
     torch.manual_seed(123)
     before = torch.rand(3)
     torch.manual_seed(123)
     first = evaluate(indices, images, labels)
     assert torch.equal(torch.rand(3), before)  # the attack's draws come from a forked generator
     assert evaluate(indices, images, labels) == first
-    other = attacks.make_attack_evaluator(model, entry("PGD", "paper", 4 / 255, steps=2, alpha=1 / 255), seed=2)
+    other = evaluator(model, entry("PGD", "paper", 4 / 255, steps=2, alpha=1 / 255), seed=2)
     assert other(indices, images, labels) != first
 
 
-@pytest.mark.parametrize("protocol", attacks.PROTOCOLS)
+@pytest.mark.parametrize("protocol", suite.PROTOCOLS)
 def test_attacks_leave_dropout_in_eval_mode(protocol):
     # torchattacks restores the training flag it found on the module it was given; a fresh wrapper is in training
     # mode unless told otherwise, and would leave dropout (or RVT's BatchNorm) switched on after the first batch.
     model = TinyNormalized()
     model.model.append(nn.Dropout(0.5))
     indices, images, labels = batch()
-    evaluate = attacks.make_attack_evaluator(model, entry("PGD", protocol, 4 / 255, steps=2, alpha=1 / 255), seed=0)
+    evaluate = evaluator(model, entry("PGD", protocol, 4 / 255, steps=2, alpha=1 / 255), seed=0)
     first = evaluate(indices, images, labels)
     assert not model.training and not model.model.training
     assert evaluate(indices, images, labels) == first
 
 
 def test_interrupted_attack_run_resumes_to_the_identical_table(tmp_path):
-    from ellbench.runner import job_key, run_job
+    from ellbench.runner import job_key
     from ellbench.store import Store
+
+    def run_job(store, key, dataset, evaluate, *, batch_size, summarize=None):
+        return run(store, JobSpec(key=key, dataset=dataset, evaluate=evaluate, batch_size=batch_size,
+                                  summarize=summarize), progress=False)
 
     model = TinyNormalized()
     _, images, labels = batch(n=10)
     dataset = list(zip(images, labels.tolist(), strict=True))
     item = entry("PGD", "paper", 4 / 255, steps=2, alpha=1 / 255)
     key = job_key(model="tiny", checkpoint="none", data="t", task="attack", settings=item.settings(), seed=SEED)
-    evaluate = attacks.make_attack_evaluator(model, item, seed=SEED)
+    evaluate = attack_task.attack_evaluator(model, item, seed=SEED)
 
-    def interrupted(indices, batch_images, batch_labels):
-        if int(indices[0]) >= 4:
+    def interrupted(batch):
+        if int(batch.indices[0]) >= 4:
             raise KeyboardInterrupt
-        return evaluate(indices, batch_images, batch_labels)
+        return evaluate(batch)
 
     whole = Store(tmp_path / "whole.sqlite")
-    done = run_job(whole, key, dataset, evaluate, batch_size=4, summarize=attacks.summarize_attack, progress=False)
+    done = run_job(whole, key, dataset, evaluate, batch_size=4, summarize=checks.summarize_attack)
     resumed = Store(tmp_path / "resumed.sqlite")
     with pytest.raises(KeyboardInterrupt):
-        run_job(resumed, key, dataset, interrupted, batch_size=4, progress=False)
-    again = run_job(resumed, key, dataset, evaluate, batch_size=4, summarize=attacks.summarize_attack, progress=False)
+        run_job(resumed, key, dataset, interrupted, batch_size=4)
+    again = run_job(resumed, key, dataset, evaluate, batch_size=4, summarize=checks.summarize_attack)
     assert again["id"] == done["id"]
     assert whole.outcomes(done["id"]).equals(resumed.outcomes(again["id"]))
     assert again["summary"]["batches_resumed"] == 1
@@ -260,29 +274,29 @@ def test_trust_checks_flag_each_violation():
         _result("FGSM", "FGSM", 1 / 255, 0.4), _result("FGSM", "FGSM", 2 / 255, 0.3),  # PGD weaker: masking?
         _result("SPSA", "SPSA", 1 / 255, 0.95, linf=1.5 / 255),  # over budget and above clean
     ]
-    flagged = {(c["check"], c["name"], c["eps"]) for c in attacks.trust_checks(results) if c["status"] != "ok"}
+    flagged = {(c["check"], c["name"], c["eps"]) for c in checks.trust_checks(results) if c["status"] != "ok"}
     assert flagged == {
         ("monotone-in-eps", "PGD", 2 / 255),
         ("PGD>=FGSM", "PGD", 1 / 255), ("PGD>=FGSM", "PGD", 2 / 255),
         ("budget", "SPSA", 1 / 255), ("robust<=clean", "SPSA", 1 / 255),
     }
-    masking = [c for c in attacks.trust_checks(results) if c["check"] == "PGD>=FGSM"]
+    masking = [c for c in checks.trust_checks(results) if c["check"] == "PGD>=FGSM"]
     assert all("gradient masking" in c["detail"] for c in masking)
     healthy = [_result("PGD", "PGD", 1 / 255, 0.3), _result("PGD", "PGD", 2 / 255, 0.1),
                _result("FGSM", "FGSM", 1 / 255, 0.4), _result("FGSM", "FGSM", 2 / 255, 0.2)]
-    assert all(c["status"] == "ok" for c in attacks.trust_checks(healthy))
+    assert all(c["status"] == "ok" for c in checks.trust_checks(healthy))
     # A second suite's weaker PGD of the same name is compared within its own suite only.
     other_suite = [_result("PGD", "PGD", 1 / 255, 0.5, suite="quick"),
                    _result("FGSM", "FGSM", 1 / 255, 0.6, suite="quick")]
-    assert all(c["status"] == "ok" for c in attacks.trust_checks(healthy + other_suite))
+    assert all(c["status"] == "ok" for c in checks.trust_checks(healthy + other_suite))
 
 
 # --- suites, parameters and bad input ------------------------------------------------------------------------------
 
 
 def test_shipped_suites_load_with_the_papers_settings():
-    assert {"paper", "standard", "quick"} <= set(attacks.list_suites())
-    paper = attacks.load_suite("paper")
+    assert {"paper", "standard", "quick"} <= set(list_suites("attacks"))
+    paper = suite.load_suite("paper")
     assert {e.protocol for e in paper} == {"paper"}
     assert sorted({round(e.eps * 255, 9) for e in paper}) == [1, 2, 3, 4, 5, 6]
     pgd = next(e for e in paper if e.attack == "PGD" and e.eps_text == "2/255")
@@ -290,28 +304,28 @@ def test_shipped_suites_load_with_the_papers_settings():
     spsa = next(e for e in paper if e.attack == "SPSA")
     assert {k: spsa.params[k] for k in ("nb_iter", "lr", "delta", "nb_sample")} == \
         {"nb_iter": 40, "lr": 0.01, "delta": 0.01, "nb_sample": 128}
-    standard = attacks.load_suite("standard")
+    standard = suite.load_suite("standard")
     assert {e.protocol for e in standard} == {"standard"}
     assert sorted({e.eps_text for e in standard}) == ["1/255", "2/255", "4/255", "8/255"]
-    assert len(attacks.load_suite("quick")) == 6
+    assert len(suite.load_suite("quick")) == 6
 
 
 def test_parse_params_types():
-    params = attacks.parse_params(["eps=4/255", "steps=10", "alpha=0.15*eps", "random_start=false", "norm=Linf",
+    params = suite.parse_params(["eps=4/255", "steps=10", "alpha=0.15*eps", "random_start=false", "norm=Linf",
                                    "lr=1e-2"])
-    assert params == {"eps": 4 / 255, "steps": 10, "alpha": attacks.PerEps(0.15), "random_start": False,
+    assert params == {"eps": 4 / 255, "steps": 10, "alpha": suite.PerEps(0.15), "random_start": False,
                       "norm": "Linf", "lr": 0.01}
-    assert attacks.parse_params(["eps=1/255,2/255"]) == {"eps": [1 / 255, 2 / 255]}
-    entries = attacks.make_entries("PGD", attacks.parse_params(["eps=1/255,2/255", "alpha=0.25*eps"]))
+    assert suite.parse_params(["eps=1/255,2/255"]) == {"eps": [1 / 255, 2 / 255]}
+    entries = suite.make_entries("PGD", suite.parse_params(["eps=1/255,2/255", "alpha=0.25*eps"]))
     assert [e.params["alpha"] for e in entries] == pytest.approx([0.25 / 255, 0.5 / 255])
-    assert attacks.format_eps(8 / 255) == "8/255" and attacks.format_eps(0.3) == "0.3"
-    assert math.isclose(attacks.parse_eps("8/255"), 8 / 255)
+    assert checks.format_eps(8 / 255) == "8/255" and checks.format_eps(0.3) == "0.3"
+    assert math.isclose(suite.parse_eps("8/255"), 8 / 255)
 
 
 def test_any_torchattacks_class_by_name():
-    (cw,) = attacks.make_entries("CW", {"steps": 2, "c": 0.5})
+    (cw,) = suite.make_entries("CW", {"steps": 2, "c": 0.5})
     assert cw.eps is None and cw.params == {"steps": 2, "c": 0.5}
-    (square,) = attacks.make_entries("Square", {"eps": "4/255", "n_queries": 10})
+    (square,) = suite.make_entries("Square", {"eps": "4/255", "n_queries": 10})
     assert square.kwargs() == {"eps": 4 / 255, "n_queries": 10}
 
 
@@ -335,7 +349,7 @@ def test_any_torchattacks_class_by_name():
 ])
 def test_bad_settings_give_one_line(attack, params, protocol, message):
     with pytest.raises(EllbenchError, match=message) as caught:
-        attacks.make_entries(attack, params, protocol=protocol)
+        suite.make_entries(attack, params, protocol=protocol)
     assert "\n" not in str(caught.value)
 
 
@@ -353,21 +367,21 @@ def test_bad_suite_files_give_one_line(tmp_path, text, message):
     path = tmp_path / "mine.toml"
     path.write_text(text)
     with pytest.raises(EllbenchError, match=message) as caught:
-        attacks.load_suite(path)
+        suite.load_suite(path)
     assert "\n" not in str(caught.value)
 
 
 def test_unknown_suite_and_missing_file():
     with pytest.raises(EllbenchError, match="unknown attack suite 'nope'; available: .*paper"):
-        attacks.load_suite("nope")
+        suite.load_suite("nope")
     with pytest.raises(EllbenchError, match="not found"):
-        attacks.load_suite("/no/such/suite.toml")
+        suite.load_suite("/no/such/suite.toml")
 
 
 def test_images_outside_unit_range_are_refused():
     model = TinyNormalized()
     indices, images, labels = batch()
-    evaluate = attacks.make_attack_evaluator(model, entry("FGSM", "paper", 1 / 255), seed=0)
+    evaluate = evaluator(model, entry("FGSM", "paper", 1 / 255), seed=0)
     with pytest.raises(EllbenchError, match=r"images in \[0, 1\]"):
         evaluate(indices, images * 2 - 0.5, labels)
 
@@ -391,25 +405,95 @@ class TinySet(torch.utils.data.Dataset):
 
 
 def test_run_attack_suite_on_elliptical_micro_records_jobs_and_checks(tmp_path):
-    from ellbench.evaluate import LoadedModel
     from ellbench.models.factory import build_model
+    from ellbench.models.loading import LoadedModel
     from ellbench.store import Store
 
     module = build_model("elliptical_micro_patch4_32", img_size=8, num_classes=4, seed=0)
     loaded = LoadedModel(name="elliptical_micro_patch4_32", module=module, checkpoint_id="random-init:seed=0",
                          device="cpu")
-    entries = [e for e in attacks.load_suite("quick") if e.eps_text != "8/255"]
+    entries = [e for e in suite.load_suite("quick") if e.eps_text != "8/255"]
     store = Store(tmp_path / "results.sqlite")
-    first = attacks.run_attack_suite(store, loaded, TinySet(), entries, batch_size=4, seed=0, progress=False)
+    first = attack_task.run_attack_suite(store, loaded, TinySet(), entries, batch_size=4, seed=0, progress=False)
     assert len(first["jobs"]) == len(entries) == 4
     for job, item in zip(first["jobs"], entries, strict=True):
         assert job["status"] == "done" and job["settings"]["eps"] == item.eps
-        assert job["summary"]["max_linf"] <= item.eps * (1 + attacks.BUDGET_RTOL) + attacks.BUDGET_ATOL
-        assert job["summary"]["robust_accuracy"] <= 1.0 and job["summary"]["n"] == 8
+        assert job["summary"]["max_linf"] <= item.eps * (1 + checks.BUDGET_RTOL) + checks.BUDGET_ATOL
+        outcomes = store.outcomes(job["id"])
+        assert job["summary"]["n"] == len(outcomes) == 8
+        assert job["summary"]["robust_accuracy"] == outcomes["correct"].mean()
+        assert job["summary"]["clean_accuracy"] == outcomes["clean_correct"].mean()
     assert {c["check"] for c in first["checks"]} >= {"budget", "robust<=clean", "PGD>=FGSM"}
     assert all(c["status"] == "ok" for c in first["checks"] if c["check"] == "budget")
     (recorded,) = store.jobs(task="attack-checks")
     assert recorded["summary"]["checks"] == first["checks"]
-    again = attacks.run_attack_suite(store, loaded, TinySet(), entries, batch_size=4, seed=0, progress=False)
+    again = attack_task.run_attack_suite(store, loaded, TinySet(), entries, batch_size=4, seed=0, progress=False)
     assert [j["id"] for j in again["jobs"]] == [j["id"] for j in first["jobs"]]
     assert all(len(store.attempts(j["id"])) == 1 for j in again["jobs"])  # reused, not re-run
+
+
+# --- SPSA as the paper's code ran it, beside the correct SPSA -------------------------------------------------------
+
+
+def test_paper_suite_holds_both_spsa_variants_as_separate_jobs():
+    entries = suite.load_suite("paper")
+    by_name = {}
+    for item in entries:
+        by_name.setdefault(item.name, []).append(item.eps)
+    assert by_name["SPSA"] == by_name["SPSA-cleverhans"] == [k / 255 for k in range(1, 7)]
+    spsa = [e for e in entries if e.attack in ("SPSA", "SPSA-cleverhans")]
+    keys = {attack_task.attack_task_settings(e, 8)["attack"] + str(e.eps): attack_task.attack_task_settings(e, 8)
+            for e in spsa}
+    assert len(keys) == 12  # one job per variant and budget
+    cleverhans = next(e for e in spsa if e.attack == "SPSA-cleverhans")
+    assert cleverhans.params == {"nb_iter": 40, "lr": 0.01, "delta": 0.01, "nb_sample": 128, "spsa_iters": 1}
+    assert "cleverhans" in cleverhans.settings()["implementation"] and "torchattacks" not in cleverhans.settings()
+
+
+def test_spsa_cleverhans_runs_on_the_normalised_input_under_the_paper_protocol_only():
+    from ellbench.attacks.spsa_cleverhans import SPSACleverhans
+
+    model = TinyNormalized()
+    indices, images, labels = batch(n=3)
+    item = entry("SPSA-cleverhans", "paper", 4 / 255, nb_iter=3, nb_sample=4)
+    with attack_protocol.seeded_rng("cpu", 11):
+        outcome = attack_protocol.make_attack(model, item)(images, labels)
+    z = (images - model.mean) / model.std
+    clean_pred = model(images).argmax(1)
+    torch.manual_seed(11)
+    expected = SPSACleverhans(model.model, eps=4 / 255, nb_iter=3, nb_sample=4)(z, clean_pred)
+    assert torch.equal(outcome.adversarial_input, expected) and torch.equal(outcome.clean_input, z)
+    assert torch.equal(outcome.target, clean_pred)  # the model's own predictions, as cleverhans' y=None
+    assert (outcome.adversarial_input - z).abs().max() <= 4 / 255 + 1e-7
+    with pytest.raises(EllbenchError, match="paper protocol"):
+        entry("SPSA-cleverhans", "standard", 4 / 255)
+    with pytest.raises(EllbenchError, match="no setting generator"):
+        entry("SPSA-cleverhans", "paper", 4 / 255, generator=3)
+    with pytest.raises(EllbenchError, match="spsa_iters must be at least 1"):
+        entry("SPSA-cleverhans", "paper", 4 / 255, spsa_iters=0)
+
+
+def test_the_attack_command_stores_both_spsa_variants(run_ellbench, tmp_path):
+    """The paper suite's two SPSA entries through the real CLI (fewer iterations: 40 x 256 forwards per image and
+    budget is minutes on a CPU), each variant its own job."""
+    from ellbench.resources import resource_path
+
+    text = resource_path("attacks", "paper.toml").read_text()
+    text = text.replace('eps = ["1/255", "2/255", "3/255", "4/255", "5/255", "6/255"]', 'eps = ["2/255"]')
+    text = text.replace("nb_iter = 40", "nb_iter = 2").replace("nb_sample = 128", "nb_sample = 4")
+    text = text.replace("max_batch_size = 64", "max_batch_size = 4").replace("steps = 20", "steps = 2")
+    reduced = tmp_path / "paper-reduced.toml"
+    reduced.write_text(text)
+    result = run_ellbench("attack", "deit_micro_patch4_32", "--data", "digits", "--suite", str(reduced), "--limit",
+                          "3", "--batch-size", "3", "--device", "cpu", "--out", str(tmp_path / "out"), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    from ellbench.store import Store
+
+    printed = {row["attack"] for row in json.loads(result.stdout)["results"]}
+    assert {"SPSA eps=2/255", "SPSA-cleverhans eps=2/255"} <= printed
+    store = Store.in_folder(tmp_path / "out")
+    jobs = {job["settings"]["attack"]: job for job in store.jobs(task="attack")}
+    assert {"SPSA", "SPSA-cleverhans"} <= set(jobs) and jobs["SPSA"]["id"] != jobs["SPSA-cleverhans"]["id"]
+    assert all(len(store.outcomes(job["id"])) == 3 for job in jobs.values())

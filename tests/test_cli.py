@@ -74,6 +74,11 @@ BAD_INPUT = [
     ("attack negative limit", ["attack", MICRO, "--limit", "-2", "--out", "{tmp}/out"], ["--limit"], True),
     ("collapse unknown data", ["collapse", MICRO, "--data", "nope", "--out", "{tmp}/out"], ["nope"], True),
     ("profile zero repeats", ["profile", MICRO, "--repeats", "0", "--out", "{tmp}/out"], ["--repeats"], True),
+    ("attack unknown amp", ["attack", MICRO, "--amp", "fp8", "--out", "{tmp}/out"], ["--amp", "fp8"], True),
+    ("collapse negative workers", ["collapse", MICRO, "--workers", "-1", "--out", "{tmp}/out"], ["--workers"], True),
+    ("corrupt negative workers", ["corrupt", MICRO, "--workers", "-2", "--out", "{tmp}/out"], ["--workers"], True),
+    ("shift unknown amp", ["shift", MICRO, "--dataset", "imagenet-a", "--data", "{tmp}", "--amp", "half"],
+     ["--amp", "half"], True),
     ("unknown model", ["train", "no_such_model", "--out", "{tmp}/out"], ["no_such_model"], False),
     ("missing Fashion-MNIST folder", ["demo", "--dataset", "fashion-mnist", "--data-root", "/nonexistent",
                                       "--out", "{tmp}/demo"], ["/nonexistent", "apt-get install"], False),
@@ -86,6 +91,18 @@ BAD_INPUT = [
     slow_argument_check("shift unknown data set", ["shift", "deit_tiny_patch16_224", "--dataset", "imagenet-x",
                                                    "--data", "{tmp}", "--out", "{tmp}/out"], ["imagenet-x"]),
     slow_argument_check("profile unknown amp", ["profile", MICRO, "--amp", "fp8", "--out", "{tmp}/out"], ["fp8"]),
+    ("eval crop pct above 1", ["eval", MICRO, "--crop-pct", "1.5", "--out", "{tmp}/out"], ["--crop-pct"], True),
+    ("eval unknown interpolation", ["eval", MICRO, "--interpolation", "cubic", "--out", "{tmp}/out"],
+     ["cubic", "bicubic"], True),
+    ("eval weights twice", ["eval", MICRO, "--pretrained", "--checkpoint", "{file}", "--out", "{tmp}/out"],
+     ["--pretrained", "--checkpoint"], True),
+    ("eval logits not npy", ["eval", MICRO, "--save-logits", "{tmp}/l.txt", "--out", "{tmp}/out"], [".npy"], True),
+    ("eval unknown data", ["eval", MICRO, "--data", "nope", "--out", "{tmp}/out"], ["nope"], True),
+    ("eval img-size on a built-in set", ["eval", MICRO, "--img-size", "64", "--out", "{tmp}/out"],
+     ["--img-size", "built-in"], False),
+    ("eval unknown tag", ["eval", "deit_tiny_patch16_224.nope", "--out", "{tmp}/out"], ["nope", "fb_in1k"], False),
+    ("eval published weights of a model without", ["eval", "elliptical_tiny_patch16_224", "--pretrained",
+                                                   "--out", "{tmp}/out"], ["no published weights"], False),
 ]
 
 
@@ -144,6 +161,7 @@ def test_train_writes_a_checkpoint_and_sidecar_and_reuses_them(run_ellbench, tmp
 
     from ellbench.data import open_dataset
     from ellbench.models.factory import build_model
+    from ellbench.models.loading import load_model
     from ellbench.train import TrainConfig, train
 
     out = tmp_path / "out"
@@ -168,7 +186,7 @@ def test_train_writes_a_checkpoint_and_sidecar_and_reuses_them(run_ellbench, tmp
     fresh = build_model(MICRO, **saved["model_kwargs"]).model
     assert {k: tuple(v.shape) for k, v in tensors.items()} == {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
     assert saved["parameters"] == sum(tensors[name].numel() for name, _ in fresh.named_parameters())
-    loaded = build_model(MICRO, checkpoint=str(checkpoint), **saved["model_kwargs"]).eval()
+    loaded = load_model(MICRO, checkpoint)  # its settings come from the sidecar
     assert all(torch.equal(loaded.model.state_dict()[k], tensors[k]) for k in tensors)
     images, _ = open_dataset("digits", limit=4).get_batch(torch.arange(4))
     with torch.no_grad():
@@ -187,14 +205,15 @@ def test_train_writes_a_checkpoint_and_sidecar_and_reuses_them(run_ellbench, tmp
     assert sha256(checkpoint) == digest
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch, one_thread):
+@pytest.mark.parametrize("model", [MICRO, "mom_micro_patch4_32"])  # MoM draws its subsets from its own generator
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch, one_thread, model):
     """Epoch 2 of 2 fails; the re-run restarts from the state file and ends bitwise equal to an unbroken run."""
     from safetensors.torch import load_file
 
     import ellbench.train as training
     from ellbench.train import TrainConfig, checkpoint_path, train
 
-    config = TrainConfig(model=MICRO, dataset="digits", epochs=2, batch_size=8, limit=16, augment="crop")
+    config = TrainConfig(model=model, dataset="digits", epochs=2, batch_size=8, limit=16, augment="crop")
     unbroken = train(config, tmp_path / "unbroken", progress=False)
 
     real_augment, steps = training._augment, []
@@ -222,3 +241,48 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch,
     assert ours.keys() == reference.keys()
     for name, tensor in reference.items():
         assert torch.equal(ours[name], tensor), name
+
+
+def test_training_curve_is_the_test_accuracy_after_each_epoch_and_leaves_the_weights_alone(tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    from ellbench.data import open_dataset
+    from ellbench.models.loading import load_model
+    from ellbench.train import TrainConfig, train
+
+    test_set = open_dataset("digits", "test", limit=40)
+    config = TrainConfig(model=MICRO, dataset="digits", epochs=2, batch_size=16, limit=64)
+    curved = train(config, tmp_path / "curve", progress=False, eval_set=test_set)
+    plain = train(config, tmp_path / "plain", progress=False)
+    assert [sorted(entry) for entry in plain["history"]] == [["epoch", "loss", "train_accuracy"]] * 2
+    assert [{k: v for k, v in e.items() if k != "test_accuracy"} for e in curved["history"]] == plain["history"]
+    ours, reference = load_file(curved["checkpoint"]), load_file(plain["checkpoint"])
+    assert all(torch.equal(ours[name], reference[name]) for name in reference)
+    # the last epoch's point is the final checkpoint's accuracy on the test set, computed here independently
+    model = load_model(MICRO, curved["checkpoint"])
+    images, labels = test_set.get_batch(torch.arange(len(test_set)))
+    with torch.no_grad():
+        expected = int((model(images).argmax(1) == labels).sum()) / len(test_set)
+    assert curved["history"][-1]["test_accuracy"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_attack_with_workers_and_bf16_stores_the_same_rows_as_in_process(run_ellbench, tmp_path):
+    """--workers changes how batches are loaded, never a stored outcome; --amp bf16 is recorded in the job key."""
+    from ellbench.store import Store
+
+    outcomes = {}
+    for workers in ("2", "0"):
+        out = tmp_path / f"out-{workers}"
+        result = run_ellbench("attack", MICRO, "--data", "digits", "--limit", "10", "--batch-size", "4", "--attack",
+                              "FGSM", "--param", "eps=8/255", "--amp", "bf16", "--workers", workers, "--device", "cpu",
+                              "--json", "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        store = Store(out / "ellbench.sqlite")
+        jobs = {job["task"]: job for job in store.done_jobs()}
+        assert jobs["clean"]["settings"] == {"batch_size": 4, "amp": "bf16"}
+        assert jobs["attack"]["settings"]["amp"] == "bf16"
+        assert jobs["attack"]["provenance"]["loader_workers"] == int(workers)
+        outcomes[workers] = {task: store.outcomes(jobs[task]["id"]).sort_values("idx").reset_index(drop=True)
+                             for task in ("clean", "attack")}
+    for task in ("clean", "attack"):
+        assert len(outcomes["2"][task]) == 10 and outcomes["2"][task].equals(outcomes["0"][task])

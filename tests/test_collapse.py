@@ -7,7 +7,9 @@ import timm
 import torch
 from torch import nn
 
-from ellbench.collapse import (
+from ellbench.errors import EllbenchError
+from ellbench.runner import Batch
+from ellbench.tasks.collapse import (
     attention_layer_names,
     collapse_evaluator,
     collapse_per_example,
@@ -16,7 +18,6 @@ from ellbench.collapse import (
     summarize_collapse,
     token_cosine_similarity,
 )
-from ellbench.errors import EllbenchError
 
 # Three 2-d tokens: e1, e2 and e1 + e2. Pairs (2,1), (3,1), (3,2) have cosines 0, 1/sqrt2, 1/sqrt2.
 THREE_TOKENS = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
@@ -124,7 +125,8 @@ def test_evaluator_rows_resume_to_the_same_summary():
     images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     labels = torch.tensor([0, 1, 2, 3, 0])
     evaluate = collapse_evaluator(model)
-    rows = evaluate(torch.arange(3), images[:3], labels[:3]) + evaluate(torch.arange(3, 5), images[3:], labels[3:])
+    rows = evaluate(Batch(0, torch.arange(3), images[:3], labels[:3])) \
+        + evaluate(Batch(1, torch.arange(3, 5), images[3:], labels[3:]))
 
     with torch.no_grad():
         preds = model(images).argmax(dim=-1).tolist()
@@ -142,7 +144,7 @@ def test_model_mode_is_restored():
 
 
 def test_model_without_attention_is_refused():
-    with pytest.raises(EllbenchError, match="no attention modules"):
+    with pytest.raises(EllbenchError, match="no attention layers"):
         collapse_per_layer(nn.Linear(2, 2), torch.zeros(1, 2))
 
 
@@ -153,7 +155,7 @@ def test_single_token_is_refused():
 
 def test_run_collapse_stores_a_resumable_job_whose_summary_is_the_batch_measure(tmp_path):
     from ellbench.data import open_dataset
-    from ellbench.evaluate import LoadedModel
+    from ellbench.models.loading import LoadedModel
     from ellbench.store import Store
 
     dataset = open_dataset("digits", "test", limit=5)

@@ -13,8 +13,12 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from ellbench import corruptions as C
+from ellbench.corruptions import imagenet_c as imc
+from ellbench.corruptions import images as img
+from ellbench.corruptions import mce, names
+from ellbench.corruptions import suite as suites
 from ellbench.errors import EllbenchError
+from ellbench.tasks import corruption as task
 
 # The 15 AlexNet mean errors as published (ecosystem_facts.md 4.2 / augmix ALEXNET_ERR), typed here by hand.
 PUBLISHED_ALEXNET = {
@@ -54,20 +58,20 @@ def test_compat_layer_mends_imagecorruptions_without_touching_the_environment():
     assert Path(implementation.resource_filename(implementation.__name__, "./frost/frost1.png")).is_file()
 
 
-@pytest.mark.parametrize("corruption", C.ALL_CORRUPTIONS)
+@pytest.mark.parametrize("corruption", names.ALL_CORRUPTIONS)
 def test_every_corruption_runs_at_every_severity_and_changes_the_image(corruption):
     image = photo(48 if corruption == "glass_blur" else 64)
-    for severity in C.SEVERITIES:
-        out, upsampled = C.corrupt_image(image, corruption, severity, seed=3)
+    for severity in names.SEVERITIES:
+        out, upsampled = img.corrupt_image(image, corruption, severity, seed=3)
         assert out.dtype == np.uint8 and out.shape == image.shape and not upsampled
         assert np.abs(out.astype(int) - image).mean() > 0.5, (corruption, severity)
-        assert np.array_equal(out, C.corrupt_image(image, corruption, severity, seed=3)[0])
+        assert np.array_equal(out, img.corrupt_image(image, corruption, severity, seed=3)[0])
 
 
-@pytest.mark.parametrize("corruption", C.ALL_CORRUPTIONS)
+@pytest.mark.parametrize("corruption", names.ALL_CORRUPTIONS)
 def test_every_corruption_generates_an_imagenet_c_file_from_a_folder_image(clean_folder, corruption):
     source = sorted(clean_folder.glob("*/*.JPEG"))[1]
-    encoded, upsampled = C.make_imagenet_c_image(source, C.GenerationSettings(corruption, 2))  # glass: 1 pass
+    encoded, upsampled = imc.make_imagenet_c_image(source, imc.GenerationSettings(corruption, 2))  # glass: 1 pass
     generated = np.asarray(Image.open(io.BytesIO(encoded)))
     clean_crop = np.asarray(T.CenterCrop(224)(T.Resize(256)(Image.open(source).convert("RGB"))))
     assert generated.shape == (224, 224, 3) and not upsampled
@@ -76,7 +80,7 @@ def test_every_corruption_generates_an_imagenet_c_file_from_a_folder_image(clean
 
 def test_gaussian_noise_equals_the_formula_with_the_derived_seed():
     image = photo()
-    out, _ = C.corrupt_image(image, "gaussian_noise", 2, seed=7)
+    out, _ = img.corrupt_image(image, "gaussian_noise", 2, seed=7)
     pixels_hash = hashlib.sha256(repr(image.shape).encode() + image.tobytes()).hexdigest()
     words = np.frombuffer(hashlib.sha256(f"7\x00{pixels_hash}\x00gaussian_noise\x002".encode()).digest(), np.uint32)
     noise = np.random.RandomState(words).normal(size=image.shape, scale=0.12)  # severity 2: sigma 0.12
@@ -88,26 +92,26 @@ def test_seeding_is_per_image_and_leaves_the_callers_rng_alone():
     image = photo()
     np.random.seed(123)
     before = np.random.get_state()[1].copy()
-    first = C.corrupt_image(image, "impulse_noise", 3, seed=0)[0]  # skimage's random_noise, routed to our seed
+    first = img.corrupt_image(image, "impulse_noise", 3, seed=0)[0]  # skimage's random_noise, routed to our seed
     assert np.array_equal(np.random.get_state()[1], before)
     np.random.seed(999)
-    assert np.array_equal(C.corrupt_image(image, "impulse_noise", 3, seed=0)[0], first)
-    assert not np.array_equal(C.corrupt_image(image, "impulse_noise", 3, seed=1)[0], first)
-    assert not np.array_equal(C.corrupt_image(image[::-1].copy(), "impulse_noise", 3, seed=0)[0], first[::-1])
+    assert np.array_equal(img.corrupt_image(image, "impulse_noise", 3, seed=0)[0], first)
+    assert not np.array_equal(img.corrupt_image(image, "impulse_noise", 3, seed=1)[0], first)
+    assert not np.array_equal(img.corrupt_image(image[::-1].copy(), "impulse_noise", 3, seed=0)[0], first[::-1])
 
 
 def test_bad_names_and_severities_are_one_line_errors():
     with pytest.raises(EllbenchError, match="unknown corruption"):
-        C.corrupt_image(photo(), "rain", 1)
+        img.corrupt_image(photo(), "rain", 1)
     with pytest.raises(EllbenchError, match="severity"):
-        C.corrupt_image(photo(), "fog", 6)
+        img.corrupt_image(photo(), "fog", 6)
 
 
 def test_small_images_are_upsampled_corrupted_and_brought_back():
     from ellbench.data import open_dataset
 
     digits = open_dataset("digits", limit=4)  # 8x8 grey, replicated to 3 channels
-    corrupted = C.CorruptedDataset(digits, "contrast", 5, seed=0)
+    corrupted = img.CorruptedDataset(digits, "contrast", 5, seed=0)
     assert corrupted.upsampled and corrupted.fingerprint != digits.fingerprint
     images, labels = corrupted.get_batch(torch.arange(4))
     clean, clean_labels = digits.get_batch(torch.arange(4))
@@ -122,21 +126,20 @@ def test_small_images_are_upsampled_corrupted_and_brought_back():
     assert torch.equal(corrupted[1][0], images[1])
 
 
-def test_corruption_evaluator_scores_the_corrupted_images():
-    images = torch.from_numpy(np.stack([photo(40), photo(40)[::-1]]).copy()).permute(0, 3, 1, 2).float() / 255
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 40 * 40, 5))
-    torch.manual_seed(0)
-    rows = C.corruption_evaluator(model, "fog", 2, seed=1)(torch.tensor([4, 9]), images, torch.tensor([0, 3]))
-    expected = model(C.corrupt_tensor(images, "fog", 2, seed=1)[0]).argmax(1).tolist()
-    assert [(r["idx"], r["label"], r["pred"]) for r in rows] == [(4, 0, expected[0]), (9, 3, expected[1])]
-    assert all(r["correct"] == int(r["pred"] == r["label"]) and r["upsampled"] is False for r in rows)
+def test_corruption_names_are_imagecorruptions_own_lists():
+    from ellbench.corruptions.compat import imagecorruptions
+
+    assert names.COMMON_CORRUPTIONS == tuple(imagecorruptions.get_corruption_names("common"))
+    assert names.EXTRA_CORRUPTIONS == tuple(imagecorruptions.get_corruption_names("validation"))
+    for group in ("noise", "blur", "weather", "digital"):
+        assert names.CORRUPTIONS_BY_GROUP[group] == tuple(imagecorruptions.get_corruption_names(group))
 
 
 def reference_generation(source: Path, corruption: str, severity: int, seed: int) -> np.ndarray:
     """Hendrycks' recipe, written out independently: torchvision Resize(256) + CenterCrop(224), corrupt, JPEG 85."""
     cropped = T.CenterCrop(224)(T.Resize(256)(Image.open(source).convert("RGB")))
     file_hash = hashlib.sha256(source.read_bytes()).hexdigest()
-    corrupted, _ = C.corrupt_image(np.asarray(cropped), corruption, severity, seed=seed, image_hash=file_hash)
+    corrupted, _ = img.corrupt_image(np.asarray(cropped), corruption, severity, seed=seed, image_hash=file_hash)
     buffer = io.BytesIO()
     Image.fromarray(corrupted).save(buffer, format="JPEG", quality=85, optimize=True)
     return np.asarray(Image.open(buffer).convert("RGB"))
@@ -148,24 +151,24 @@ def pixels(dataset) -> list[np.ndarray]:
 
 def test_generated_imagenet_c_is_deterministic_cached_and_as_made(clean_folder, tmp_path):
     calls = []
-    two_workers = C.GeneratedImageNetC(clean_folder, "shot_noise", 3, seed=5, cache_dir=tmp_path / "a", workers=2,
+    two_workers = imc.GeneratedImageNetC(clean_folder, "shot_noise", 3, seed=5, cache_dir=tmp_path / "a", workers=2,
                                        progress=lambda done, total: calls.append((done, total)))
     assert len(two_workers) == 3 and calls[-1] == (3, 3) and two_workers.labels == [0, 1, 1]
     generated = pixels(two_workers)
     for array, source in zip(generated, two_workers.clean.files, strict=True):
         assert array.shape == (224, 224, 3)
         assert np.array_equal(array, reference_generation(source, "shot_noise", 3, seed=5))
-    one_worker = C.GeneratedImageNetC(clean_folder, "shot_noise", 3, seed=5, cache_dir=tmp_path / "b", workers=1)
+    one_worker = imc.GeneratedImageNetC(clean_folder, "shot_noise", 3, seed=5, cache_dir=tmp_path / "b", workers=1)
     assert all(np.array_equal(a, b) for a, b in zip(generated, pixels(one_worker), strict=True))
     assert one_worker.fingerprint == two_workers.fingerprint
 
     mtimes = [p.stat().st_mtime_ns for p in two_workers.files]
-    cached = C.GeneratedImageNetC(clean_folder, "shot_noise", 3, seed=5, cache_dir=tmp_path / "a", workers=2,
+    cached = imc.GeneratedImageNetC(clean_folder, "shot_noise", 3, seed=5, cache_dir=tmp_path / "a", workers=2,
                                   progress=lambda done, total: pytest.fail("a cache hit generated an image"))
     assert [p.stat().st_mtime_ns for p in cached.files] == mtimes
     assert all(np.array_equal(a, b) for a, b in zip(generated, pixels(cached), strict=True))
 
-    other_seed = C.GeneratedImageNetC(clean_folder, "shot_noise", 3, seed=6, cache_dir=tmp_path / "a", workers=1)
+    other_seed = imc.GeneratedImageNetC(clean_folder, "shot_noise", 3, seed=6, cache_dir=tmp_path / "a", workers=1)
     assert not np.array_equal(pixels(other_seed)[0], generated[0])
     assert other_seed.fingerprint != two_workers.fingerprint
 
@@ -177,45 +180,45 @@ def test_generated_imagenet_c_names_a_truncated_file_or_skips_it(clean_folder, t
     (folder / WNIDS[0] / "good.JPEG").write_bytes(good.read_bytes())
     (folder / WNIDS[0] / "torn.JPEG").write_bytes(good.read_bytes()[:5000])
     with pytest.raises(EllbenchError, match="torn.JPEG"):
-        C.GeneratedImageNetC(folder, "contrast", 1, cache_dir=tmp_path / "cache", workers=2)
-    kept = C.GeneratedImageNetC(folder, "contrast", 1, cache_dir=tmp_path / "cache", workers=2, skip_bad_images=True)
+        imc.GeneratedImageNetC(folder, "contrast", 1, cache_dir=tmp_path / "cache", workers=2)
+    kept = imc.GeneratedImageNetC(folder, "contrast", 1, cache_dir=tmp_path / "cache", workers=2, skip_bad_images=True)
     assert len(kept) == 1 and kept.skipped == 1
 
 
 @pytest.mark.parametrize("grouped", [False, True])
 def test_imagenet_c_on_disk_in_both_layouts(clean_folder, tmp_path, grouped):
     for corruption, severity in (("gaussian_noise", 3), ("defocus_blur", 1)):
-        group = C.CORRUPTION_GROUPS[corruption] if grouped else ""
+        group = names.CORRUPTION_GROUPS[corruption] if grouped else ""
         for k, source in enumerate(sorted(clean_folder.glob("*/*.JPEG"))):
             target = tmp_path / group / corruption / str(severity) / source.parent.name / f"{k}.JPEG"
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(reference_generation(source, corruption, severity, seed=0)).save(target, quality=85)
-    dataset = C.imagenet_c_folder(tmp_path, "defocus_blur", 1)
+    dataset = imc.imagenet_c_folder(tmp_path, "defocus_blur", 1)
     assert len(dataset) == 3 and dataset.labels == [0, 1, 1] and dataset[0][0].shape == (3, 224, 224)
     assert dataset.name == "imagenet-c/defocus_blur/1"
     with pytest.raises(EllbenchError, match="corruptions found: defocus_blur, gaussian_noise"):
-        C.imagenet_c_folder(tmp_path, "fog", 2)
+        imc.imagenet_c_folder(tmp_path, "fog", 2)
 
 
 def test_shipped_alexnet_errors_match_the_published_values():
-    hendrycks = C.alexnet_baseline("hendrycks")
-    assert {c: hendrycks.mean_error[c] for c in C.COMMON_CORRUPTIONS} == PUBLISHED_ALEXNET
+    hendrycks = mce.alexnet_baseline("hendrycks")
+    assert {c: hendrycks.mean_error[c] for c in names.COMMON_CORRUPTIONS} == PUBLISHED_ALEXNET
     assert hendrycks.clean_error == 0.4348
     assert sum(PUBLISHED_ALEXNET.values()) / 15 == pytest.approx(0.788993, abs=1e-6)
-    for corruption in C.COMMON_CORRUPTIONS:  # the per-severity values average to the published means
+    for corruption in names.COMMON_CORRUPTIONS:  # the per-severity values average to the published means
         if (corruption, 1) in hendrycks.severity_error:
-            mean = sum(hendrycks.severity_error[corruption, s] for s in C.SEVERITIES) / 5
+            mean = sum(hendrycks.severity_error[corruption, s] for s in names.SEVERITIES) / 5
             assert mean == pytest.approx(PUBLISHED_ALEXNET[corruption], abs=1e-6)
-    robustbench = C.alexnet_baseline("robustbench")
+    robustbench = mce.alexnet_baseline("robustbench")
     assert robustbench.mean_error["gaussian_noise"] == 0.8816 and robustbench.clean_error == 0.4376
     assert robustbench.severity_error["gaussian_noise", 1] == pytest.approx(1 - 0.311)
 
 
 def test_mce_and_relative_mce_equal_a_hand_computed_example():
     # Every corruption at every severity has error 0.5, except gaussian_noise: 0.6, 0.7, 0.8, 0.9, 1.0 (mean 0.8).
-    errors = {(c, s): 0.5 for c in C.COMMON_CORRUPTIONS for s in C.SEVERITIES}
-    errors.update({("gaussian_noise", s): 0.5 + 0.1 * s for s in C.SEVERITIES})
-    summary = C.summarize_corruptions(errors, clean_error=0.25)
+    errors = {(c, s): 0.5 for c in names.COMMON_CORRUPTIONS for s in names.SEVERITIES}
+    errors.update({("gaussian_noise", s): 0.5 + 0.1 * s for s in names.SEVERITIES})
+    summary = mce.summarize_corruptions(errors, clean_error=0.25)
     assert summary["ce"]["gaussian_noise"] == pytest.approx(0.8 / 0.886428)  # = 0.902499...
     assert summary["ce"]["gaussian_noise"] == pytest.approx(0.9024986, abs=1e-6)
     expected_mce = (0.8 / 0.886428 + sum(0.5 / e for c, e in PUBLISHED_ALEXNET.items() if c != "gaussian_noise")) / 15
@@ -231,32 +234,38 @@ def test_mce_and_relative_mce_equal_a_hand_computed_example():
 def test_ce_over_a_subset_of_severities_and_other_baselines():
     errors = {("gaussian_noise", 1): 0.5, ("gaussian_noise", 3): 0.6, ("gaussian_noise", 5): 0.7,
               ("jpeg_compression", 1): 0.4, ("speckle_noise", 1): 0.3}
-    summary = C.summarize_corruptions(errors)
-    assert summary["ce"] == {"gaussian_noise": pytest.approx(0.6 / ((0.69528 + 0.93554 + 0.99452) / 3))}
-    assert set(summary["ce_unavailable"]) == {"jpeg_compression", "speckle_noise"}  # no per-severity AlexNet
-    assert not summary["mce_complete"] and summary["mce_corruptions"] == ["gaussian_noise"]
-    full_extra = {("spatter", s): 0.5 for s in C.SEVERITIES}
-    assert C.summarize_corruptions(full_extra)["extra_mce"] == pytest.approx(0.5 / 0.717512)
-    robust = C.summarize_corruptions({("fog", s): 0.5 for s in C.SEVERITIES}, baseline="robustbench")
+    summary = mce.summarize_corruptions(errors)
+    # AlexNet per severity from hendrycks/robustness's table, typed here by hand
+    assert summary["ce"] == {"gaussian_noise": pytest.approx(0.6 / ((0.69528 + 0.93554 + 0.99452) / 3)),
+                             "jpeg_compression": pytest.approx(0.4 / 0.51002),
+                             "speckle_noise": pytest.approx(0.3 / 0.66192)}
+    assert summary["ce_unavailable"] == {}
+    assert not summary["mce_complete"] and summary["mce_corruptions"] == ["gaussian_noise", "jpeg_compression"]
+    robust_partial = mce.summarize_corruptions(errors, baseline="robustbench")  # RobustBench has no extra corruptions
+    assert set(robust_partial["ce_unavailable"]) == {"speckle_noise"}
+    full_extra = {("spatter", s): 0.5 for s in names.SEVERITIES}
+    assert mce.summarize_corruptions(full_extra)["extra_mce"] == pytest.approx(0.5 / 0.717512)
+    robust = mce.summarize_corruptions({("fog", s): 0.5 for s in names.SEVERITIES}, baseline="robustbench")
     assert robust["mce"] == pytest.approx(0.5 / 0.8236) and robust["baseline"]["name"] == "robustbench"
     with pytest.raises(EllbenchError, match="unknown AlexNet baseline"):
-        C.summarize_corruptions(errors, baseline="vgg")
+        mce.summarize_corruptions(errors, baseline="vgg")
 
 
 def test_shipped_suites(tmp_path):
-    full = C.load_suite("imagenet-c")
-    assert full.corruptions == C.COMMON_CORRUPTIONS and len(full.entries()) == 75 and full.baseline == "hendrycks"
-    assert C.load_suite("imagenet-c-extra").corruptions == ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-    quick = C.load_suite("quick")
-    assert quick.severities == (1, 3, 5) and {C.CORRUPTION_GROUPS[c] for c in quick.corruptions} == {
+    full = suites.load_suite("imagenet-c")
+    assert full.corruptions == names.COMMON_CORRUPTIONS and len(full.entries()) == 75 and full.baseline == "hendrycks"
+    extra = suites.load_suite("imagenet-c-extra")
+    assert extra.corruptions == ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+    quick = suites.load_suite("quick")
+    assert quick.severities == (1, 3, 5) and {names.CORRUPTION_GROUPS[c] for c in quick.corruptions} == {
         "noise", "blur", "weather", "digital"}
-    assert C.summarize_corruptions({e: 0.5 for e in quick.entries()})["ce_unavailable"] == {}
+    assert mce.summarize_corruptions({e: 0.5 for e in quick.entries()})["ce_unavailable"] == {}
     bad = tmp_path / "bad.toml"
     bad.write_text('severities = [1]\ncorruptions = ["rain"]\n')
     with pytest.raises(EllbenchError, match="unknown corruption"):
-        C.load_suite(str(bad))
-    with pytest.raises(EllbenchError, match="no corruptions file"):
-        C.load_suite("nonexistent")
+        suites.load_suite(str(bad))
+    with pytest.raises(EllbenchError, match="unknown corruption suite 'nonexistent'; available: imagenet-c"):
+        suites.load_suite("nonexistent")
 
 
 class CountingModel(torch.nn.Module):
@@ -275,7 +284,7 @@ class CountingModel(torch.nn.Module):
 
 
 def loaded(model):
-    from ellbench.evaluate import LoadedModel
+    from ellbench.models.loading import LoadedModel
 
     return LoadedModel(name="tiny", module=model.eval(), checkpoint_id="random-init:seed=0", device="cpu")
 
@@ -285,23 +294,23 @@ def test_suite_run_in_memory_is_stored_and_reused(tmp_path):
     from ellbench.store import Store
 
     digits, model, store = open_dataset("digits", limit=6), CountingModel(10), Store(tmp_path / "results.sqlite")
-    suite = C.load_suite("quick")
-    summary = C.run_corruption_suite(store, loaded(model), suite, clean=digits, batch_size=4, progress=False)
+    suite = suites.load_suite("quick")
+    summary = task.run_corruption_suite(store, loaded(model), suite, clean=digits, batch_size=4, progress=False)
     images, labels = digits.get_batch(torch.arange(6))
     for entry in summary["entries"]:
-        corrupted = C.corrupt_tensor(images, entry["corruption"], entry["severity"], seed=0)[0]
+        corrupted = img.corrupt_tensor(images, entry["corruption"], entry["severity"], seed=0)[0]
         expected_error = 1 - (model.head(corrupted).argmax(1) == labels).float().mean().item()
         assert entry["error"] == pytest.approx(expected_error) and entry["upsampled"]
     assert len(summary["entries"]) == 12 and summary["upsampled"] and summary["mce"] is None  # not ImageNet
     seen = model.seen
-    assert C.run_corruption_suite(store, loaded(model), suite, clean=digits, batch_size=4, progress=False) == summary
+    assert task.run_corruption_suite(store, loaded(model), suite, clean=digits, batch_size=4, progress=False) == summary
     assert model.seen == seen  # every job came from the store
-    shared = C.corrupted_datasets(suite, clean=digits, precompute=True)  # built once, shared between models
-    lazy = C.CorruptedDataset(digits, "fog", 3)
+    shared = task.corrupted_datasets(suite, clean=digits, precompute=True)  # built once, shared between models
+    lazy = img.CorruptedDataset(digits, "fog", 3)
     assert torch.equal(shared["fog", 3].get_batch(torch.arange(6))[0], lazy.get_batch(torch.arange(6))[0])
     assert shared["fog", 3].fingerprint == lazy.fingerprint
     fresh_store = Store(tmp_path / "other.sqlite")
-    again = C.run_corruption_suite(fresh_store, loaded(model), suite, clean=digits, batch_size=4, progress=False,
+    again = task.run_corruption_suite(fresh_store, loaded(model), suite, clean=digits, batch_size=4, progress=False,
                                    datasets=shared)
     assert [e["error"] for e in again["entries"]] == [e["error"] for e in summary["entries"]]
 
@@ -310,18 +319,18 @@ def test_suite_run_generated_from_a_clean_folder_gives_mce(clean_folder, tmp_pat
     from ellbench.data.folders import ImageFolderDataset
     from ellbench.store import Store
 
-    suite = C.CorruptionSuite("two", "", ("fog", "contrast"), C.SEVERITIES)
+    suite = suites.CorruptionSuite("two", "", ("fog", "contrast"), names.SEVERITIES)
     clean, model = ImageFolderDataset(clean_folder), CountingModel(1000)
-    summary = C.run_corruption_suite(Store(tmp_path / "r.sqlite"), loaded(model), suite, clean=clean, batch_size=2,
+    summary = task.run_corruption_suite(Store(tmp_path / "r.sqlite"), loaded(model), suite, clean=clean, batch_size=2,
                                      cache_dir=tmp_path / "cache", workers=1, progress=False)
     errors = {}
     for corruption, severity in suite.entries():
-        data = C.GeneratedImageNetC(clean_folder, corruption, severity, cache_dir=tmp_path / "cache", workers=1)
+        data = imc.GeneratedImageNetC(clean_folder, corruption, severity, cache_dir=tmp_path / "cache", workers=1)
         predictions = model.head(torch.stack([data[i][0] for i in range(3)])).argmax(1)
         errors[corruption, severity] = 1 - (predictions == torch.tensor(data.labels)).float().mean().item()
     clean_predictions = model.head(torch.stack([clean[i][0] for i in range(3)])).argmax(1)
     clean_error = 1 - (clean_predictions == torch.tensor(clean.labels)).float().mean().item()
-    expected = C.summarize_corruptions(errors, clean_error=clean_error)
+    expected = mce.summarize_corruptions(errors, clean_error=clean_error)
     assert summary["source"] == "generated" and summary["baseline"]["name"] == "hendrycks"
     assert summary["mce"] == pytest.approx(expected["mce"]) and summary["clean_error"] == pytest.approx(clean_error)
 
@@ -335,13 +344,13 @@ def test_a_bad_file_stops_the_run_keeping_stored_batches_or_is_skipped(clean_fol
     for k, source in enumerate(sources):
         (folder / f"{k}.JPEG").write_bytes(source.read_bytes())
     (folder / "1.JPEG").write_bytes(sources[1].read_bytes()[:4000])
-    suite, store = C.CorruptionSuite("one", "", ("fog",), (1,)), Store(tmp_path / "r.sqlite")
+    suite, store = suites.CorruptionSuite("one", "", ("fog",), (1,)), Store(tmp_path / "r.sqlite")
     with pytest.raises(EllbenchError, match="1.JPEG"):
-        C.run_corruption_suite(store, loaded(CountingModel(1000)), suite, imagenet_c=tmp_path / "imagenet-c",
+        task.run_corruption_suite(store, loaded(CountingModel(1000)), suite, imagenet_c=tmp_path / "imagenet-c",
                                batch_size=1, progress=False)
     (job,) = store.jobs(task="corruption")
     assert store.done_batches(job["id"]) == {0} and job["status"] != "done"
-    summary = C.run_corruption_suite(store, loaded(CountingModel(1000)), suite, imagenet_c=tmp_path / "imagenet-c",
+    summary = task.run_corruption_suite(store, loaded(CountingModel(1000)), suite, imagenet_c=tmp_path / "imagenet-c",
                                      batch_size=1, skip_bad_images=True, progress=False)
     assert summary["skipped_images"] == 1 and summary["entries"][0]["n"] == 2
     assert summary["clean_error"] is None and "relative_mce" not in summary

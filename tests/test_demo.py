@@ -47,13 +47,22 @@ def test_study_command_regenerates_its_report(run_ellbench, tmp_path, tiny_fashi
     with open(out / "summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     # Every model once per seed, each with the study suite's 12 attack columns.
-    from ellbench.attacks import load_suite
+    from ellbench.attacks.suite import load_suite
+    from ellbench.store import Store
 
     assert sorted((r["model"], r["seed"]) for r in rows) == sorted((m, s) for m in MODELS for s in ("0", "1"))
     attack_columns = [f"{e.label} ({e.protocol})" for e in load_suite("study")]
     assert len(attack_columns) == 12 and all(column in rows[0] for column in attack_columns)
+    # Each summary row's clean accuracy is its stored clean job's per-example rows, recomputed here.
+    store = Store.in_folder(out)
+    checkpoints = {(job["model"], job["seed"]): job["checkpoint"] for job in store.jobs(task="collapse")}
     for row in rows:
-        assert 0.0 <= float(row["clean_accuracy"]) <= 1.0
+        (clean_job,) = [job for job in store.jobs(task="clean", model=row["model"], seed=int(row["seed"]))
+                        if job["checkpoint"] == checkpoints[row["model"], int(row["seed"])]]
+        outcomes = store.outcomes(clean_job["id"])
+        assert len(outcomes) == 12
+        assert float(row["clean_accuracy"]) == pytest.approx(outcomes["correct"].mean(), abs=1e-12)
+    store.close()
 
     for name in ("results.md", "results.csv", "results_seeds.csv", "results_long.csv", "comparison.md",
                  "checks.csv", "robust_vs_eps.png", "accuracy_vs_severity.png", "collapse_per_layer.png",
@@ -67,8 +76,6 @@ def test_study_command_regenerates_its_report(run_ellbench, tmp_path, tiny_fashi
     assert "elliptical_micro_patch4_32" in comparison and "McNemar" in comparison
 
     # The same command again reuses every checkpoint and job: nothing is trained or evaluated twice.
-    from ellbench.store import Store
-
     store = Store.in_folder(out)
     jobs_before = {job["id"]: job["finished_utc"] for job in store.jobs() if job["task"] != "profile"}
     store.close()

@@ -105,28 +105,29 @@ def test_one_process_needs_no_process_group(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# evaluate_batches with hand-started gloo ranks: more ranks than batches, and a rank that dies.
+# runner.evaluate_batches with hand-started gloo ranks: more ranks than batches, and a rank that dies.
 
 SHARD_WORKER = textwrap.dedent('''
     import json, os, sys
     from pathlib import Path
     from ellbench import distributed
     from ellbench.data import open_dataset
+    from ellbench.runner import evaluate_batches
 
     limit, batch_size, todo, die_rank, limit_step, report = int(sys.argv[1]), int(sys.argv[2]), \\
         json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
     limit += limit_step * distributed.rank()  # a rank that sees other data than rank 0
     evaluated = []
 
-    def evaluate_batch(indices, images, labels):
+    def evaluate_batch(batch):
         if distributed.rank() == die_rank:
             os._exit(3)  # no goodbye to the process group
-        evaluated.append(indices.tolist())
-        return [{"idx": int(i), "sum": round(float(image.sum()), 4)} for i, image in zip(indices, images)]
+        evaluated.append(batch.indices.tolist())
+        return [{"idx": int(i), "sum": round(float(image.sum()), 4)} for i, image in zip(batch.indices, batch.images)]
 
     try:
-        received = [[b, rows] for b, rows in distributed.evaluate_batches(open_dataset("digits", limit=limit), todo,
-                                                                         batch_size, evaluate_batch)]
+        received = [[b, rows] for b, rows in evaluate_batches(open_dataset("digits", limit=limit), todo, batch_size,
+                                                              evaluate_batch)]
         outcome = {"received": received}
     except Exception as exc:  # the survivor's report of the dead peer, or of different data
         outcome = {"error": type(exc).__name__, "message": str(exc)}
@@ -370,25 +371,25 @@ PARKING_LAUNCHER = textwrap.dedent('''
     """`ellbench ARGS` whose rank 1 parks inside its second attack batch, telling the test its pid."""
     import os, sys, time
     from pathlib import Path
-    from ellbench import attacks
     from ellbench.cli import main
+    from ellbench.tasks import attack
 
     parked_file = Path(os.environ["PARKED_FILE"])
-    real_evaluator = attacks.make_attack_evaluator
+    real_evaluator = attack.attack_evaluator
 
     def parking_evaluator(model, entry, *, seed):
         evaluate, seen = real_evaluator(model, entry, seed=seed), []
 
-        def evaluate_batch(indices, images, labels):
+        def evaluate_batch(batch):
             if os.environ["RANK"] == "1" and len(seen) == 1:
                 parked_file.write_text(str(os.getpid()))
                 time.sleep(600)
-            seen.append(int(indices[0]))
-            return evaluate(indices, images, labels)
+            seen.append(int(batch.indices[0]))
+            return evaluate(batch)
 
         return evaluate_batch
 
-    attacks.make_attack_evaluator = parking_evaluator
+    attack.attack_evaluator = parking_evaluator
     sys.argv = ["ellbench", *sys.argv[1:]]
     main()
 ''')

@@ -7,6 +7,7 @@ import timm
 import torch
 
 import ellbench.models  # noqa: F401  (registers the models with timm)
+from ellbench import profile
 from ellbench.errors import EllbenchError
 from ellbench.models import elliptical
 from ellbench.models.elliptical import EllipticalAttention, coordinate_relevance
@@ -66,6 +67,15 @@ def test_zero_change_gives_plain_attention_not_nan():
     values = torch.randn(2, 3, 5, 4)
     relevance = coordinate_relevance(values, values.clone())
     assert torch.equal(relevance, torch.ones(2, 3, 4))
+    # Only sample 1, head 2 unchanged: it alone gets the unit metric; the others keep theirs, largest entry 1.
+    prev_values = values.clone()
+    prev_values[0] += torch.arange(4.0)
+    prev_values[1, :2] -= torch.arange(4.0)
+    relevance = coordinate_relevance(values, prev_values)
+    assert torch.equal(relevance[1, 2], torch.ones(4))
+    expected = torch.tensor([0.0, 1 / 3, 2 / 3, 1.0])
+    torch.testing.assert_close(relevance[0], expected.expand(3, 4))
+    torch.testing.assert_close(relevance[1, :2], expected.expand(2, 4))
 
 
 def test_unknown_estimator_is_refused():
@@ -77,7 +87,8 @@ def loop_reference(attn: EllipticalAttention, x: torch.Tensor, prev_values: torc
     """softmax(Q M K^T / sqrt(D_h)) V written out per sample and head, with m from explicit sums."""
     batch, tokens, width = x.shape
     heads, head_dim = attn.num_heads, attn.head_dim
-    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split(width, dim=-1)
+    bias = attn.qkv.bias if attn.qkv.bias is not None else torch.zeros(3 * width, dtype=x.dtype)
+    q, k, v = (x @ attn.qkv.weight.T + bias).split(width, dim=-1)
     outputs = torch.zeros(batch, tokens, width, dtype=x.dtype)
     for b in range(batch):
         for h in range(heads):
@@ -90,10 +101,11 @@ def loop_reference(attn: EllipticalAttention, x: torch.Tensor, prev_values: torc
     return outputs @ attn.proj.weight.T + attn.proj.bias
 
 
-def test_fused_and_reference_paths_equal_the_explicit_formula_in_float64():
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_fused_and_reference_paths_equal_the_explicit_formula_in_float64(qkv_bias):
     torch.manual_seed(0)
-    fused = EllipticalAttention(12, num_heads=3, qkv_bias=True, fused_attn=True).double()
-    reference = EllipticalAttention(12, num_heads=3, qkv_bias=True, fused_attn=False).double()
+    fused = EllipticalAttention(12, num_heads=3, qkv_bias=qkv_bias, fused_attn=True).double()
+    reference = EllipticalAttention(12, num_heads=3, qkv_bias=qkv_bias, fused_attn=False).double()
     reference.load_state_dict(fused.state_dict())
     x = torch.randn(2, 5, 12, dtype=torch.float64)
     prev_values = torch.randn(2, 3, 5, 4, dtype=torch.float64)
@@ -211,3 +223,33 @@ def test_heads_ablation_and_micro_sizes():
     assert six_heads.blocks[0].attn.num_heads == 6 and six_heads.blocks[0].attn.head_dim == 32
     assert sum(p.numel() for p in micro.parameters()) < 3_000_000
     assert micro.pretrained_cfg["input_size"] == (3, 32, 32)
+
+
+def test_live_memory_exceeds_deit_by_at_most_one_block_of_carried_values():
+    torch.manual_seed(6)
+    deit = timm.create_model("deit_micro_patch4_32").eval()
+    model = timm.create_model("elliptical_micro_patch4_32").eval()
+    images = torch.rand(4, 3, 32, 32)
+    deit_bytes = profile.measure_cpu_memory(deit, images, "off")["activation_memory_mib"] * 2**20
+    model_bytes = profile.measure_cpu_memory(model, images, "off")["activation_memory_mib"] * 2**20
+    qkv_bytes = 4 * 65 * 3 * 128 * 4  # one block's qkv output [B, N, 3C] = [4, 65, 384] in float32
+    # v, carried to the next block, is a view of its block's qkv output; the block before's must be gone by the MLP.
+    assert model_bytes <= deit_bytes + qkv_bytes
+
+
+def copied_elements(model, images) -> int:
+    """Elements that aten::copy_ writes in one forward pass, from torch's profiler."""
+    with torch.inference_mode(), torch.profiler.profile(record_shapes=True) as prof:
+        model(images)
+    copies = [event for event in prof.key_averages(group_by_input_shape=True) if event.key == "aten::copy_"]
+    return sum(math.prod(event.input_shapes[0]) * event.count for event in copies)
+
+
+def test_forward_copies_no_more_than_deit():
+    deit = timm.create_model("deit_micro_patch4_32").eval()
+    model = timm.create_model("elliptical_micro_patch4_32").eval()
+    images = torch.rand(2, 3, 32, 32)
+    # DeiT copies each linear layer's bias into its output; the metric may add a scalar per block (mean's 1 / N),
+    # never a tensor.
+    assert copied_elements(model, images) <= copied_elements(deit, images) + len(model.elliptical_blocks)
+

@@ -12,15 +12,10 @@ import torchvision.transforms as T
 from PIL import Image
 
 from ellbench.data.folders import ImageFolderDataset
-from ellbench.data.shift import (
-    labels_to_subset,
-    open_shift_dataset,
-    restrict_logits,
-    shift_evaluator,
-    subset_indices_1k,
-    subset_wnids,
-)
+from ellbench.data.shift import open_shift_dataset, restrict_logits, subset_indices_1k, subset_wnids
 from ellbench.errors import EllbenchError
+from ellbench.runner import Batch
+from ellbench.tasks.shift import shift_evaluator
 
 TIMM_INFO = Path(timm.__file__).parent / "data" / "_info"
 ALL_WNIDS = (TIMM_INFO / "imagenet_synsets.txt").read_text().split()  # independent of ellbench's loader
@@ -53,8 +48,8 @@ def test_wnid_folder_labels_follow_imagenet_1k_and_sorted_order(wnid_folder):
     assert dataset.num_classes == 1000 and dataset.class_names[0] == "tench" and dataset.skipped == 0
 
 
-def test_eval_transform_matches_torchvision(wnid_folder):
-    dataset = ImageFolderDataset(wnid_folder, transform="eval", img_size=224, resize=256)
+def test_default_transform_is_resize_256_crop_224_as_torchvision(wnid_folder):
+    dataset = ImageFolderDataset(wnid_folder)  # timm's defaults: Hendrycks' and torchvision's classic eval
     reference = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor()])
     for index in range(len(dataset)):
         image, label = dataset[index]
@@ -63,20 +58,43 @@ def test_eval_transform_matches_torchvision(wnid_folder):
         assert torch.equal(image, expected)
     grey, _ = dataset[len(dataset) - 1]  # the grey photo arrives as 3 equal channels
     assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
+    assert dataset.transform_description == "timm eval 224x224 bilinear crop_pct 0.875 center"
 
 
-def test_crop_and_none_transforms(wnid_folder):
-    cropped = ImageFolderDataset(wnid_folder, transform="crop", img_size=100)
-    assert cropped[0][0].shape == (3, 100, 100) and cropped.image_size == 100
-    as_stored = ImageFolderDataset(wnid_folder, transform="none")
-    assert as_stored.image_size is None
+@pytest.mark.parametrize("settings", [
+    dict(input_size=(384, 384), interpolation="bicubic", crop_pct=1.0),
+    dict(input_size=(160, 200), interpolation="bilinear", crop_pct=0.9),
+    dict(input_size=(224, 224), interpolation="bicubic", crop_pct=0.95, crop_mode="squash"),
+    dict(input_size=(224, 224), interpolation="bicubic", crop_pct=0.9, crop_mode="border", mean=(0.5, 0.5, 0.5)),
+])
+def test_transform_is_timms_normalising_transform_without_the_normalisation(wnid_folder, settings):
+    from timm.data import create_transform
+
+    from ellbench.data.transforms import EvalTransform
+
+    dataset = ImageFolderDataset(wnid_folder, transform=EvalTransform(**settings))
+    mean, std = (0.2, 0.4, 0.6), (0.3, 0.2, 0.1)
+    reference = create_transform(input_size=(3, *settings["input_size"]), crop_pct=settings["crop_pct"],
+                                 interpolation=settings["interpolation"], crop_mode=settings.get("crop_mode"),
+                                 mean=settings.get("mean", mean), std=std)
+    for index in range(len(dataset)):
+        image, _ = dataset[index]
+        assert image.shape == (3, *settings["input_size"]) and 0 <= image.min() and image.max() <= 1
+        expected = reference(Image.open(dataset.files[index]).convert("RGB"))
+        ours = (image - torch.tensor(settings.get("mean", mean)).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+        assert torch.allclose(ours, expected, atol=1e-6, rtol=0)
+
+
+def test_no_transform_keeps_images_as_stored(wnid_folder):
+    as_stored = ImageFolderDataset(wnid_folder, transform=None)
+    assert as_stored.image_size is None and as_stored.transform_description == "as stored"
     assert as_stored[0][0].shape == (3, *np.asarray(Image.open(as_stored.files[0])).shape[:2])
 
 
 def test_non_wnid_folder_falls_back_to_sorted_order(tmp_path):
     for cls in ("zebra", "apple", "mango"):
         write_photo(tmp_path / cls / "a.png", "coffee")
-    dataset = ImageFolderDataset(tmp_path, transform="crop", img_size=64)
+    dataset = ImageFolderDataset(tmp_path, transform=None)
     assert dataset.class_names == ["apple", "mango", "zebra"] and dataset.num_classes == 3
     assert dataset.labels == [0, 1, 2]
 
@@ -92,7 +110,10 @@ def test_fingerprint_is_stable_and_tracks_changes(tmp_path):
         write_photo(tmp_path / cls / "x.jpg", photo)
     first = ImageFolderDataset(tmp_path).fingerprint
     assert ImageFolderDataset(tmp_path).fingerprint == first
-    assert ImageFolderDataset(tmp_path, img_size=192).fingerprint != first
+    from ellbench.data.transforms import EvalTransform
+
+    assert ImageFolderDataset(tmp_path, transform=EvalTransform(input_size=(192, 192))).fingerprint != first
+    assert ImageFolderDataset(tmp_path, transform=EvalTransform(interpolation="bicubic")).fingerprint != first
     target = tmp_path / "b" / "x.jpg"
     os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
     assert ImageFolderDataset(tmp_path).fingerprint != first
@@ -144,13 +165,6 @@ def test_restricted_logits_equal_boolean_mask_and_indexing(name):
         restrict_logits(torch.zeros(2, 10), name)
 
 
-def test_labels_to_subset_maps_and_rejects():
-    first_a, last_a = subset_indices_1k("imagenet-a")[0], subset_indices_1k("imagenet-a")[-1]
-    assert labels_to_subset(torch.tensor([first_a, last_a]), "imagenet-a").tolist() == [0, 199]
-    with pytest.raises(EllbenchError, match="not among"):
-        labels_to_subset(torch.tensor([0]), "imagenet-a")  # tench is not in ImageNet-A
-
-
 def test_shift_folder_and_evaluator(tmp_path):
     wnids = subset_wnids("imagenet-r")
     for k, wnid in enumerate((wnids[5], wnids[17])):
@@ -168,17 +182,19 @@ def test_shift_folder_and_evaluator(tmp_path):
             return logits
 
     images = torch.stack([dataset[i][0] for i in range(2)])
-    rows = shift_evaluator(FavoursOneClass(), "imagenet-r")(torch.tensor([0, 1]), images, torch.tensor([5, 17]))
+    batch = Batch(0, torch.tensor([0, 1]), images, torch.tensor([5, 17]))
+    rows = shift_evaluator(FavoursOneClass(), "imagenet-r")(batch)
     assert [(r["idx"], r["pred"], r["correct"]) for r in rows] == [(0, 17, 0), (1, 17, 1)]
+    assert rows[1]["top5"] == 1  # top-5 over the 200 restricted logits: class 17 is the first of them
     with pytest.raises(EllbenchError, match="not in the expected class list"):
         write_photo(tmp_path / "n01440764" / "x.jpg", "coffee")
         open_shift_dataset("imagenet-r", tmp_path)
 
 
 def test_run_shift_stores_restricted_accuracy_and_skipped_count(tmp_path):
-    from ellbench.data.shift import run_shift
-    from ellbench.evaluate import LoadedModel
+    from ellbench.models.loading import LoadedModel
     from ellbench.store import Store
+    from ellbench.tasks.shift import run_shift
 
     wnids, indices = subset_wnids("imagenet-a"), subset_indices_1k("imagenet-a")
     for k, (wnid, name) in enumerate(zip((wnids[0], wnids[3], wnids[3]), ("coffee", "rocket", "chelsea"), strict=True)):

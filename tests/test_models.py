@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 from timm.layers import Attention
 
 from ellbench.errors import EllbenchError
-from ellbench.models.factory import build_model, checkpoint_sha256, list_models, load_checkpoint
+from ellbench.models.factory import build_model, list_models
+from ellbench.models.loading import load_model, read_checkpoint
 from ellbench.models.vit import create_vit
 
 
@@ -87,7 +88,7 @@ def test_safetensors_checkpoint_with_sidecar_round_trips(tmp_path):
     path.with_suffix(".json").write_text(json.dumps(
         {"model": "elliptical_micro_patch4_32", "model_kwargs": {"img_size": 16, "patch_size": 2, "num_classes": 4}}
     ))
-    loaded = build_model("elliptical_micro_patch4_32", checkpoint=path)
+    loaded = load_model("elliptical_micro_patch4_32", path)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value)
     assert loaded.input_size == (3, 16, 16)
@@ -104,17 +105,17 @@ def test_torch_checkpoints_lose_their_wrappers(tmp_path, wrap):
     stock = timm.create_model("deit_micro_patch4_32", num_classes=6)
     path = tmp_path / "weights.pth"
     torch.save(wrap(stock.state_dict()), path)
-    state, meta = load_checkpoint(path)
-    assert set(state) == set(stock.state_dict()) and meta == {}
+    read = read_checkpoint(path)
+    assert set(read.state) == set(stock.state_dict()) and read.meta == {}
     # A DeiT checkpoint loads into the Elliptical twin; the classifier width comes from the weights.
-    loaded = build_model("elliptical_micro_patch4_32", checkpoint=path)
+    loaded = load_model("elliptical_micro_patch4_32", path)
     assert torch.equal(loaded.model.head.weight, stock.head.weight)
 
 
 def test_mismatched_checkpoint_names_first_offenders(tmp_path):
     _, path = save_micro(tmp_path, num_classes=10)
     with pytest.raises(EllbenchError) as caught:
-        build_model("deit_tiny_patch16_224", checkpoint=path)
+        load_model("deit_tiny_patch16_224", path)
     message = str(caught.value)
     assert "\n" not in message and "wrong shape" in message and "cls_token" in message
     assert "missing 72" in message  # blocks 6..11 have 12 tensors each
@@ -123,15 +124,15 @@ def test_mismatched_checkpoint_names_first_offenders(tmp_path):
 
 def test_missing_unreadable_and_unknown_files(tmp_path):
     with pytest.raises(EllbenchError, match="not found"):
-        load_checkpoint(tmp_path / "absent.pt")
+        read_checkpoint(tmp_path / "absent.pt")
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a tensor file")
     with pytest.raises(EllbenchError, match="safetensors"):
-        load_checkpoint(garbage)
+        read_checkpoint(garbage)
     other = tmp_path / "weights.npz"
     other.write_bytes(b"x")
     with pytest.raises(EllbenchError, match="unknown type"):
-        load_checkpoint(other)
+        read_checkpoint(other)
 
 
 class _TouchOnUnpickle:
@@ -156,16 +157,16 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, writer):
     else:
         torch.save(payload, path)
     with pytest.raises(EllbenchError, match="refusing") as caught:
-        build_model("deit_micro_patch4_32", checkpoint=path)
+        load_model("deit_micro_patch4_32", path)
     assert "\n" not in str(caught.value)
     assert not target.exists()
 
 
 def test_checkpoint_sha256_is_the_file_digest(tmp_path):
     _, path = save_micro(tmp_path)
-    assert checkpoint_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert read_checkpoint(path).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     with pytest.raises(EllbenchError):
-        checkpoint_sha256(tmp_path / "absent.safetensors")
+        read_checkpoint(tmp_path / "absent.safetensors")
 
 
 def test_list_models_names_families_sizes():

@@ -1,7 +1,6 @@
 """Tests of ellbench.profile against analytic counts, a hand parameter count and known sleep times."""
 
 import os
-import time
 
 import numpy as np
 import pytest
@@ -100,49 +99,108 @@ def test_parameters_equal_hand_count_and_sum_of_numel():
     assert profile.count_parameters(model) == sum(tensor.numel() for tensor in state.values())
 
 
-class Sleeper(nn.Module):
-    """A 'model' whose forward sleeps for the next duration of a fixed cycle."""
+class VirtualClock:
+    """A perf_counter stand-in: time moves only when a Sleeper says so, so timings are exact whatever the load."""
 
-    def __init__(self, durations_s):
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Sleeper(nn.Module):
+    """A 'model' whose forward takes the next duration of a fixed cycle on the virtual clock."""
+
+    def __init__(self, durations_s, clock: VirtualClock):
         super().__init__()
         self.durations_s = list(durations_s)
+        self.clock = clock
         self.calls = 0
 
     def forward(self, x):
-        time.sleep(self.durations_s[self.calls % len(self.durations_s)])
+        self.clock.now += self.durations_s[self.calls % len(self.durations_s)]
         self.calls += 1
         return x
 
 
-def test_throughput_matches_known_step_time():
+@pytest.fixture
+def clock(monkeypatch):
+    virtual = VirtualClock()
+    monkeypatch.setattr(profile.time, "perf_counter", virtual)
+    return virtual
+
+
+def test_throughput_matches_known_step_time(clock):
     images = torch.rand(4, 3, 8, 8)
-    result = profile.measure_throughput(Sleeper([0.02]), images, warmup=1, steps=3, repeats=2)
-    assert 4 / 0.02 * 0.7 < result["throughput_img_s"] <= 4 / 0.02 * 1.01  # sleep only ever overshoots
-    assert len(result["throughput_runs_img_s"]) == 2
-    assert result["throughput_min_img_s"] <= result["throughput_img_s"] <= result["throughput_max_img_s"]
+    result = profile.measure_throughput(Sleeper([0.02, 0.02, 0.02, 0.04], clock), images, warmup=1, steps=3,
+                                        repeats=2)
+    # warm-up takes call 0; repeat 1 times calls 1-3 (0.02, 0.02, 0.04 s), repeat 2 calls 4-6 (0.02 s each)
+    assert result["throughput_runs_img_s"] == pytest.approx([12 / 0.08, 12 / 0.06])
+    assert result["throughput_img_s"] == pytest.approx((12 / 0.08 + 12 / 0.06) / 2)
+    assert (result["throughput_min_img_s"], result["throughput_max_img_s"]) == pytest.approx((150.0, 200.0))
     assert result["step_time_ms"] == pytest.approx(1000 * 4 / result["throughput_img_s"])
 
 
-def test_latency_median_and_p90_match_numpy_on_known_durations():
+def test_latency_median_and_p90_match_numpy_on_known_durations(clock):
     durations_ms = [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
-    model = Sleeper([d / 1000 for d in durations_ms])
+    model = Sleeper([d / 1000 for d in durations_ms], clock)
     result = profile.measure_latency(model, torch.rand(1, 3, 8, 8), warmup=0, steps=10)
     assert result["latency_steps"] == 10
-    assert np.median(durations_ms) <= result["latency_ms_median"] < np.median(durations_ms) + 8
-    assert np.percentile(durations_ms, 90) <= result["latency_ms_p90"] < np.percentile(durations_ms, 90) + 8
+    assert result["latency_ms_median"] == pytest.approx(np.median(durations_ms))
+    assert result["latency_ms_p90"] == pytest.approx(np.percentile(durations_ms, 90))
 
 
-def test_cpu_peak_memory_grows_with_batch_size_in_fresh_children():
+@pytest.mark.parametrize("hidden_activation", [False, True])
+def test_cpu_memory_equals_hand_count_of_live_tensors(hidden_activation):
+    batch, width_in, hidden, width_out = 7, 100, 300, 50
+    layers = [nn.Linear(width_in, hidden), nn.Linear(hidden, width_out)]
+    if hidden_activation:
+        layers.insert(1, nn.ReLU())
+    model = nn.Sequential(*layers).eval()
+    images = torch.rand(batch, width_in)
+    result = profile.measure_cpu_memory(model, images, "off")
+    weights = 4 * (width_in * hidden + hidden + hidden * width_out + width_out)
+    # At the peak: the hidden layer and the output (Linear, Linear), or the hidden layer before and after the ReLU,
+    # which nn.Sequential frees only once the ReLU has returned (Linear, ReLU, Linear).
+    activations = 4 * batch * (2 * hidden if hidden_activation else hidden + width_out)
+    assert result["model_memory_mib"] * MIB == weights
+    assert result["input_memory_mib"] * MIB == 4 * batch * width_in
+    assert result["activation_memory_mib"] * MIB == activations
+    assert result["peak_memory_mib"] * MIB == weights + 4 * batch * width_in + activations
+
+
+def test_cpu_memory_counts_autocast_copies_by_hand():
+    batch, width_in, width_out = 7, 96, 320
+    layer = nn.Linear(width_in, width_out).eval()
+    result = profile.measure_cpu_memory(layer, torch.rand(batch, width_in), "bf16")
+    # bfloat16 copies of the input, weight and bias, and the bfloat16 output, all alive during the matmul.
+    expected = 2 * (batch * width_in + width_in * width_out + width_out + batch * width_out)
+    assert result["activation_memory_mib"] * MIB == expected
+
+
+def test_cpu_memory_of_deit_repeats_exactly_and_holds_the_mlp_activations():
+    model = timm.create_model("deit_tiny_patch16_224").eval()
+    images = torch.rand(2, 3, 224, 224)
+    first = profile.measure_cpu_memory(model, images, "off")
+    second = profile.measure_cpu_memory(model, images, "off")
+    assert first == second
+    assert first["model_memory_mib"] * MIB == 5_717_416 * 4
+    # fc1's output and GELU's output [B, 197, 768] are alive together in every block's MLP.
+    assert first["activation_memory_mib"] * MIB >= 2 * 2 * 197 * 768 * 4
+
+
+def test_cpu_peak_rss_grows_with_batch_size_in_fresh_children():
     settings = dict(name="deit_tiny_patch16_224", img_size=None, num_classes=None, amp="off", compile=False, threads=1,
                     fused_attn=None, seed=0, checkpoint=None)  # fmt: skip
-    one = profile.measure_cpu_memory({**settings, "batch_size": 1})
-    sixteen = profile.measure_cpu_memory({**settings, "batch_size": 16})
+    one = profile.measure_cpu_rss({**settings, "batch_size": 1})
+    sixteen = profile.measure_cpu_rss({**settings, "batch_size": 16})
     weights_mib = 5_717_416 * 4 / MIB
     # Batch 16 holds 15 more input images and 15 more MLP hidden activations [197, 768] at its peak, at the least.
     extra_mib = 15 * (3 * 224 * 224 + 197 * 768) * 4 / MIB
-    assert one["model_memory_mib"] >= weights_mib
-    assert one["peak_memory_mib"] >= weights_mib
-    assert sixteen["peak_memory_mib"] - one["peak_memory_mib"] >= extra_mib
+    assert one["model_rss_mib"] >= weights_mib
+    assert one["peak_rss_mib"] >= weights_mib
+    assert sixteen["peak_rss_mib"] - one["peak_rss_mib"] >= extra_mib
 
 
 def test_profile_model_records_settings_and_counts():
@@ -157,8 +215,15 @@ def test_profile_model_records_settings_and_counts():
     assert result["flops_per_image"] == 2 * deit_macs(32, classes=10)
     # 4 patches + CLS in the position embedding, 10 classes in the head
     assert result["params"] == deit_tiny_params() - (197 - 5) * 192 - (1000 - 10) * (192 + 1)
-    assert result["throughput_img_s"] > 0 and result["latency_ms_p90"] >= result["latency_ms_median"] * 0.5
-    assert result["peak_memory_mib"] > result["params"] * 4 / MIB  # from the child process: weights are resident
+    # two timed repeats of two steps: the figure is their median, and the step time is its inverse
+    runs = result["throughput_runs_img_s"]
+    assert len(runs) == 2 and result["throughput_img_s"] == pytest.approx(sum(runs) / 2)
+    assert result["step_time_ms"] == pytest.approx(1000 * 2 / result["throughput_img_s"])
+    assert result["latency_steps"] == 3 and result["latency_ms_p90"] >= result["latency_ms_median"] > 0
+    assert result["model_memory_mib"] * MIB == result["params"] * 4  # no buffers in a DeiT
+    input_bytes = 2 * 3 * 32 * 32 * 4
+    assert result["peak_memory_mib"] * MIB == result["params"] * 4 + input_bytes + result["activation_memory_mib"] * MIB
+    assert result["peak_rss_mib"] > result["params"] * 4 / MIB  # from the child process: weights are resident
     assert result["device"] == "cpu" and "attention" in result["flops_counting"]
 
 
@@ -181,3 +246,15 @@ def test_cuda_without_gpu_is_a_one_line_user_error(monkeypatch):
 def test_bad_settings_are_user_errors(kwargs, message):
     with pytest.raises(EllbenchError, match=message):
         profile.profile_model(**kwargs, measure_memory=False)
+
+
+@pytest.mark.cuda
+def test_cuda_profile_times_synchronised_and_measures_max_memory_allocated():
+    """On a GPU: bf16 autocast, synchronised timing and max_memory_allocated: activations of a batch of 32 at 224 px
+    and the float32 weights (22 MB for DeiT-Tiny) must both show."""
+    result = profile.profile_model("deit_tiny_patch16_224", device="cuda", amp="bf16", batch_size=32, warmup=2,
+                                   steps=5, repeats=2, latency_steps=5)
+    assert result["device"].startswith("cuda") and result["amp"] == "bf16"
+    assert result["throughput_img_s"] > 0 and result["latency_ms_median"] > 0
+    assert result["peak_memory_mib"] > result["params"] * 4 / MIB  # weights are counted
+    assert "max_memory_allocated" in result["memory_method"]

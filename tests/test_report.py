@@ -11,28 +11,27 @@ import pandas as pd
 import pytest
 import torch
 
-from ellbench import attacks, collapse, corruptions
+from ellbench.attacks.suite import load_suite
+from ellbench.corruptions.suite import CorruptionSuite
 from ellbench.data import open_dataset
 from ellbench.errors import EllbenchError
-from ellbench.evaluate import load_for_eval, run_clean
-from ellbench.report import (
-    atomic_write,
-    build_report,
-    collapse_data,
-    compare_models,
-    long_results,
-    reference_comparison,
-    robust_vs_eps_data,
-    robustness_throughput_data,
-    severity_data,
-)
+from ellbench.models.loading import load_for_eval
+from ellbench.report.build import build_report
+from ellbench.report.compare import compare_models
+from ellbench.report.plots import collapse_data, robust_vs_eps_data, robustness_throughput_data, severity_data
+from ellbench.report.reference import reference_comparison
+from ellbench.report.results import long_results
 from ellbench.resources import resource_path
 from ellbench.runner import job_key, provenance
 from ellbench.store import Store
+from ellbench.tasks.attack import attack_task_settings, run_attack_suite
+from ellbench.tasks.collapse import run_collapse
+from ellbench.tasks.corruption import run_corruption_suite
+from ellbench.tasks.eval import run_clean
 
 RUNS = [("deit_micro_patch4_32", 0), ("deit_micro_patch4_32", 1), ("elliptical_micro_patch4_32", 0)]
 THROUGHPUT = {"deit_micro_patch4_32": 400.0, "elliptical_micro_patch4_32": 300.0}
-SMALL_SUITE = corruptions.CorruptionSuite("test", "two cheap corruptions", ("gaussian_noise", "contrast"), (1, 3))
+SMALL_SUITE = CorruptionSuite("test", "two cheap corruptions", ("gaussian_noise", "contrast"), (1, 3))
 
 
 def record_profile(store, name: str, checkpoint: str, throughput: float) -> None:
@@ -53,13 +52,13 @@ def real_store(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models on a shared machine: more threads only wait on each other
     data = open_dataset("digits", limit=8)
-    entries = [e for e in attacks.load_suite("quick") if e.protocol == "paper" and e.label != "FGSM eps=8/255"]
+    entries = [e for e in load_suite("quick") if e.protocol == "paper" and e.label != "FGSM eps=8/255"]
     for name, seed in RUNS:
         loaded = load_for_eval(name, None, dataset=data, seed=seed)
         run_clean(store, loaded, data, batch_size=8, seed=seed, progress=False)
-        attacks.run_attack_suite(store, loaded, data, entries, batch_size=8, seed=seed, progress=False)
-        collapse.run_collapse(store, loaded, data, batch_size=8, seed=seed, progress=False)
-        corruptions.run_corruption_suite(store, loaded, SMALL_SUITE, clean=data, batch_size=8, seed=seed,
+        run_attack_suite(store, loaded, data, entries, batch_size=8, seed=seed, progress=False)
+        run_collapse(store, loaded, data, batch_size=8, seed=seed, progress=False)
+        run_corruption_suite(store, loaded, SMALL_SUITE, clean=data, batch_size=8, seed=seed,
                                          progress=False)
         if seed == 0:
             record_profile(store, name, loaded.checkpoint_id, THROUGHPUT[name])
@@ -92,6 +91,11 @@ def test_every_table_value_equals_the_recomputation_from_outcome_rows(real_store
     for row in long.itertuples():
         if row.metric in ("accuracy", "robust_accuracy"):
             assert row.value == pytest.approx(sql_accuracy(real_store, [row.job_id])[0], abs=1e-12)
+        elif row.metric in ("top5_accuracy", "robust_top5_accuracy"):
+            with sqlite3.connect(real_store.path) as conn:
+                (top5,) = conn.execute("SELECT AVG(json_extract(extra, '$.top5')) FROM outcomes WHERE job_id = ?",
+                                       (row.job_id,)).fetchone()
+            assert row.value == pytest.approx(top5, abs=1e-12)
         elif row.metric == "corruption_accuracy" or row.metric == "mean_corruption_accuracy":
             assert row.value == pytest.approx(statistics.mean(sql_accuracy(real_store, row.job_id.split(";"))))
         elif row.metric == "collapse":
@@ -138,7 +142,8 @@ def test_plot_data_are_the_table_values_and_pngs_are_written(report):
     out, result = report
     long, _ = long_results_of(out)
     eps_data = robust_vs_eps_data(long)
-    pgd = long[(long["attack"] == "PGD") & (long["model"] == "deit_micro_patch4_32")]
+    pgd = long[(long["metric"] == "robust_accuracy") & (long["attack"] == "PGD")
+               & (long["model"] == "deit_micro_patch4_32")]
     for eps, group in pgd.groupby("eps"):
         point = eps_data[(eps_data["model"] == "deit_micro_patch4_32") & (eps_data["name"] == "PGD")
                          & (eps_data["eps"] == eps)]
@@ -146,7 +151,7 @@ def test_plot_data_are_the_table_values_and_pngs_are_written(report):
         assert point["runs"].item() == 2
     start = eps_data[(eps_data["model"] == "deit_micro_patch4_32") & (eps_data["name"] == "PGD")
                      & (eps_data["eps"] == 0)]
-    clean = long[(long["task"] == "clean") & (long["model"] == "deit_micro_patch4_32")]["value"]
+    clean = long[(long["label"] == "clean") & (long["model"] == "deit_micro_patch4_32")]["value"]
     assert start["mean"].item() == pytest.approx(clean.mean()) and start["runs"].item() == 2
     severity = severity_data(long)
     assert len(severity) == 2 * len(SMALL_SUITE.entries())  # two model names
@@ -154,7 +159,8 @@ def test_plot_data_are_the_table_values_and_pngs_are_written(report):
     assert sorted(set(layers["layer"])) == list(range(6))
     scatter = robustness_throughput_data(long).set_index("model")
     for model, throughput in THROUGHPUT.items():
-        smallest = long[(long["model"] == model) & (long["attack"] == "PGD") & (long["eps"] == 2 / 255)]
+        smallest = long[(long["model"] == model) & (long["metric"] == "robust_accuracy") & (long["attack"] == "PGD")
+                        & (long["eps"] == 2 / 255)]
         assert scatter.loc[model, "throughput_img_s"] == throughput
         assert scatter.loc[model, "robust_accuracy"] == pytest.approx(smallest["value"].mean())
     for path in result["plots"].values():
@@ -232,6 +238,30 @@ def test_compare_models_against_hand_worked_mcnemar(tmp_path):
     # exact two-sided McNemar: 2 * P[X <= 1], X ~ Binomial(8, 1/2) = 2 * 9 / 256
     assert row["p_value"] == pytest.approx(2 * (1 + 8) / 2**8)
     assert row["ci_low"] <= 0.6 <= row["ci_high"] and row["ci_low"] > 0
+    assert row["q_value"] == pytest.approx(row["p_value"])  # a family of one test: q = p
+
+
+def test_compare_gives_bh_q_values_across_the_cells_and_marks_cells_by_q(tmp_path):
+    store = Store.in_folder(tmp_path)
+    # Four cells: discordant counts (7, 1), (5, 0), (2, 1) and (20, 0) give exact McNemar p = 9/128, 1/16, 1 and
+    # 2/2^20. BH over m = 4: sorted 2^-19, 1/16, 9/128, 1 times 4/rank -> 2^-17, 1/8, 3/32, 1; the running minimum
+    # from the top -> 2^-17, 3/32, 3/32, 1.
+    cells = {"clean": ([1] * 7 + [0] + [1] * 2, [0] * 7 + [1] + [1] * 2),
+             "other": ([1] * 5 + [0] * 3, [0] * 5 + [0] * 3),
+             "third": ([1, 1, 0, 1], [0, 0, 1, 1]),
+             "strong": ([1] * 20, [0] * 20)}
+    for data, (a, b) in cells.items():
+        add_job(store, model="model_a", task="clean", settings={}, correct=a, data=f"{data}:{len(a)}:x")
+        add_job(store, model="model_b", task="clean", settings={}, correct=b, data=f"{data}:{len(b)}:x")
+    table = compare_models(store, "model_a", "model_b", resamples=100).set_index("data_name")
+    assert table["p_value"].to_dict() == pytest.approx({"clean": 9 / 128, "other": 1 / 16, "third": 1.0,
+                                                        "strong": 2 / 2**20})
+    assert table["q_value"].to_dict() == pytest.approx({"clean": 3 / 32, "other": 3 / 32, "third": 1.0,
+                                                        "strong": 2**-17})
+    build_report(store, tmp_path / "out", formats=("md",), compare=[("model_a", "model_b")], resamples=100)
+    text = (tmp_path / "out" / "comparison.md").read_text()
+    assert "1 of 4 cells have q < 0.05 (1 have p < 0.05 before the correction)" in text
+    assert f"| **{2**-17:.3g}** |" in text and "| 0.0938 |" in text  # marked by q, not by p
 
 
 def test_compare_needs_one_checkpoint_per_model(report, real_store):
@@ -286,20 +316,6 @@ def test_bad_input_is_one_line_errors(tmp_path):
         build_report(store, tmp_path / "out", formats=("pdf",))
     with pytest.raises(EllbenchError, match="nosuch"):
         build_report(store, tmp_path / "out", models=["nosuch"])
-
-
-def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    target = tmp_path / "results.md"
-    atomic_write(target, "old")
-
-    def failing_replace(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr("ellbench.report.os.replace", failing_replace)
-    with pytest.raises(OSError):
-        atomic_write(target, "new")
-    assert target.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["results.md"]
 
 
 def test_labels_name_the_data_set_when_there_are_several_and_newest_run_wins(tmp_path):
@@ -380,9 +396,9 @@ def test_a_failed_budget_check_is_shown(tmp_path):
 def test_the_shipped_paper_suite_matches_the_reference_protocol(tmp_path):
     store = Store.in_folder(tmp_path / "s")
     model = "elliptical_tiny_patch16_224"
-    for entry in attacks.load_suite("paper"):
+    for entry in load_suite("paper"):
         if entry.eps == 1 / 255:
-            add_job(store, model=model, task="attack", settings=attacks.attack_task_settings(entry, 8),
+            add_job(store, model=model, task="attack", settings=attack_task_settings(entry, 8),
                     correct=[1, 0])
     table, _ = reference_comparison(long_results(store)[0])
     by_metric = table.set_index("metric")
@@ -399,6 +415,12 @@ def test_the_shipped_paper_suite_matches_the_reference_protocol(tmp_path):
     assert "another protocol left out" in by_metric.loc["FGSM 1/255 (paper)", "status"]
     # SPSA at 1/255 was logged only for a variant (+median_M), which never matches the plain model
     assert by_metric.loc["SPSA 1/255 (paper)", "status"].startswith("no match")
+    assert by_metric.loc["SPSA-cleverhans 1/255 (paper)", "status"].startswith("no match")
+    # the logged SPSA numbers are cleverhans' attack: filed under SPSA-cleverhans, never beside torchattacks' SPSA
+    assert set(reference.loc[reference["attack"].str.startswith("SPSA"), "attack"]) == {"SPSA-cleverhans"}
+    written = build_report(store, tmp_path / "out", formats=("md",))
+    assert any("SPSA-cleverhans is the paper's code" in note for note in written["notes"])
+    assert "_compute_spsa_gradient" in (tmp_path / "out" / "results.md").read_text()
 
 
 def test_models_with_several_seeds_are_compared_seed_by_seed(tmp_path):
@@ -419,3 +441,36 @@ def test_models_with_several_seeds_are_compared_seed_by_seed(tmp_path):
     assert "## Over seeds" in (tmp_path / "out" / "comparison.md").read_text()
     one = compare_models(store, "a_model@sha256:a1", "b_model@sha256:b0", resamples=100)
     assert list(one["diff"]) == [0.75 - 0.25] and one["run_seed"].isna().all()  # a1 vs b0: accuracies 0.75, 0.25
+
+
+def test_top5_sits_beside_top1_for_clean_and_attacks(report):
+    out, _ = report
+    header = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| model |"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns.index("clean top-5") == columns.index("clean") + 1
+    pgd = "PGD 2/255 (paper)"
+    assert columns.index(f"{pgd} top-5") == columns.index(pgd) + 1
+    long = pd.read_csv(out / "results_long.csv")
+    assert set(long.loc[long["label"].str.endswith("top-5"), "task"]) == {"clean", "attack"}
+    assert (long.loc[long["label"].str.endswith("top-5"), "value"] >= 0).all()
+
+
+def test_top5_results_sit_beside_top5_reference_numbers(tmp_path):
+    store = Store.in_folder(tmp_path)
+    model = "deit_tiny_patch16_224"
+    add_job(store, model=model, task="clean", settings={}, correct=[1, 0, 0, 0],
+            extras=[{"top5": 1}, {"top5": 1}, {"top5": 1}, {"top5": 0}])
+    add_job(store, model=model, task="attack", settings=paper_pgd(1 / 255), correct=[1, 0, 0, 0],
+            extras=[{"top5": 1}, {"top5": 1}, {"top5": 0}, {"top5": 0}])
+    long, _ = long_results(store)
+    table, _ = reference_comparison(long)
+    by_metric = table.set_index("metric")
+    with open(resource_path("reference", "rkde_repo_logs.csv")) as handle:
+        logged = [r for r in csv.DictReader(handle) if r["model"] == model and r["metric"] in ("top1", "top5")]
+    for label, attack, metric, ours in (("clean", "clean", "top1", 25.0), ("clean top-5", "clean", "top5", 75.0),
+                                        ("PGD 1/255 (paper) top-5", "PGD", "top5", 50.0)):
+        expected = [r for r in logged if r["attack"] == attack and r["metric"] == metric
+                    and (attack == "clean" or math.isclose(float(r["eps"]), 1 / 255))]
+        assert expected, f"no {metric} reference row for {attack}"
+        assert by_metric.loc[label, "ellbench_pct"] == ours
+        assert by_metric.loc[label, "reference_pct"] == "; ".join(f"{float(r['value']):.2f}" for r in expected)

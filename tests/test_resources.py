@@ -35,3 +35,13 @@ def test_missing_file_names_what_exists():
         resources.resource_path("attacks", "nope.toml")
     with pytest.raises(EllbenchError):
         resources.resource_dir("weights")
+
+
+def test_every_package_ships_in_a_wheel():
+    """pyproject lists packages one by one: a package missing there would be left out of a built wheel."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "ellbench").rglob("__init__.py")}
+    assert on_disk <= listed, sorted(on_disk - listed)

@@ -9,12 +9,12 @@ import pytest
 
 from ellbench.errors import EllbenchError
 from ellbench.stats import (
+    bh_q_values,
     compare_paired,
     compare_paired_by,
     mcnemar_exact,
     mcnemar_p_value,
     paired_bootstrap_ci,
-    seed_summary,
     summarize_seeds,
 )
 
@@ -144,14 +144,6 @@ def test_bad_inputs_are_refused():
         )
 
 
-def test_seed_summary_hand_worked():
-    summary = seed_summary([0.70, 0.72, 0.74])
-    assert summary.mean == pytest.approx(0.72)
-    assert summary.std == pytest.approx(0.02)  # sqrt((0.02^2 + 0 + 0.02^2) / 2)
-    assert summary.n == 3
-    assert math.isnan(seed_summary([0.5]).std)
-
-
 def test_summarize_seeds_per_group():
     frame = pd.DataFrame({"model": ["a", "a", "a", "b"], "seed": [0, 1, 2, 0], "accuracy": [0.70, 0.72, 0.74, 0.6]})
     table = summarize_seeds(frame, ["model"], "accuracy").set_index("model")
@@ -177,8 +169,20 @@ def test_reference_tables_name_real_models_and_known_protocols():
         assert table["value"].notna().all() and (table["value"] > 0).all()
         assert set(table["protocol"]) <= {"paper", "clean", "unclear", "wikitext103-wordswap"}
         vision = table[table["protocol"] != "wikitext103-wordswap"]
-        assert set(vision["attack"]) <= {"clean", "PGD", "FGSM", "SPSA", "AutoAttack"}
+        assert set(vision["attack"]) <= {"clean", "PGD", "FGSM", "SPSA-cleverhans", "AutoAttack"}
         assert (vision["value"] <= 100).all()  # accuracies in percent
         assert vision["model"].str.split("+").str[0].map(timm.is_model).all()
         budgets = table["eps"].dropna() * 255
         assert np.allclose(budgets, budgets.round()) and budgets.between(1, 6).all()  # i/255, i = 1..6
+
+
+def test_bh_q_values_hand_worked():
+    # p = 0.01, 0.04, 0.03, 0.5 (m = 4). Sorted with ranks 1..4: 0.01, 0.03, 0.04, 0.5; p * m / rank gives
+    # 0.04, 0.06, 0.05333, 0.5; the running minimum from the largest rank down gives q = 0.04, 0.05333, 0.05333, 0.5,
+    # returned in the original order.
+    q = bh_q_values([0.01, 0.04, 0.03, 0.5])
+    assert q.tolist() == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.5])
+    assert bh_q_values([0.9, 0.95]).tolist() == pytest.approx([0.95, 0.95])  # 0.9 * 2 / 1 = 1.8 is capped by 0.95
+    assert bh_q_values([]).size == 0
+    with pytest.raises(EllbenchError, match="in \\[0, 1\\]"):
+        bh_q_values([0.5, 1.5])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -21,10 +22,11 @@ import pytest
 import torch
 
 import ellbench
+from ellbench._version import __version__
 from ellbench.data import open_dataset
 from ellbench.errors import EllbenchError
-from ellbench.runner import job_key, run_job
-from ellbench.store import KEY_FIELDS, Store, job_id_for
+from ellbench.runner import job_key
+from ellbench.store import KEY_FIELDS, Store, canonical_json, job_id_for
 
 # A stand-alone job process. Its evaluate_batch is a deterministic function of each image alone, so an example's
 # outcome cannot depend on which batch or process evaluated it. It can park itself inside batch N (so the test can
@@ -36,7 +38,8 @@ WORKER = textwrap.dedent('''
     def make_evaluator(delay=0.0, stall_after=None, parked_file=None, calls=None):
         calls = [] if calls is None else calls
 
-        def evaluate_batch(indices, images, labels):
+        def evaluate_batch(batch):
+            indices, images, labels = batch.indices, batch.images, batch.labels
             if stall_after is not None and len(calls) == stall_after:
                 Path(parked_file).write_text("parked")
                 time.sleep(600)  # the test kills the process here
@@ -48,6 +51,11 @@ WORKER = textwrap.dedent('''
                     for i, y, p, image in zip(indices.tolist(), labels.tolist(), preds.tolist(), images)]
 
         return evaluate_batch
+
+    def run_job(store, key, dataset, evaluate, *, batch_size, progress=False, provenance=None):
+        from ellbench.runner import JobSpec, run
+        return run(store, JobSpec(key=key, dataset=dataset, evaluate=evaluate, batch_size=batch_size,
+                                  provenance=provenance or {}), progress=progress)
 
     def key_for(task, dataset):
         from ellbench.runner import job_key
@@ -63,7 +71,6 @@ WORKER = textwrap.dedent('''
         parser.add_argument("--report-prefix")
         args = parser.parse_args()
         from ellbench.data import open_dataset
-        from ellbench.runner import run_job
         from ellbench.store import Store
         dataset = open_dataset("digits", limit=args.limit)
         if args.start_file:  # everything is imported: wait for the other writer
@@ -101,7 +108,7 @@ def reference_outcomes(worker, tmp_path, task: str, limit: int, batch_size: int)
     """Outcomes of an uninterrupted in-process run in its own store."""
     dataset = open_dataset("digits", limit=limit)
     store = Store(tmp_path / f"reference-{task}.sqlite")
-    job = run_job(store, worker.key_for(task, dataset), dataset, worker.make_evaluator(), batch_size=batch_size,
+    job = worker.run_job(store, worker.key_for(task, dataset), dataset, worker.make_evaluator(), batch_size=batch_size,
                   progress=False)
     assert job["status"] == "done"
     frame = store.outcomes(job["id"])
@@ -152,7 +159,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, worker, sub
     dataset = open_dataset("digits", limit=limit)
     calls = []
     store = Store(store_path)
-    job = run_job(store, worker.key_for("clean", dataset), dataset, worker.make_evaluator(calls=calls),
+    job = worker.run_job(store, worker.key_for("clean", dataset), dataset, worker.make_evaluator(calls=calls),
                   batch_size=batch_size, progress=False)
     # Only the missing batches ran, and the whole job is now done.
     assert calls == list(range(parked_after * batch_size, limit, batch_size))
@@ -187,7 +194,7 @@ def test_two_processes_writing_different_jobs_lose_nothing(tmp_path, worker, sub
         start.write_text("go")
         began = time.time()
         store = Store(store_path)
-        run_job(store, worker.key_for("task-parent", dataset), dataset, worker.make_evaluator(delay),
+        worker.run_job(store, worker.key_for("task-parent", dataset), dataset, worker.make_evaluator(delay),
                 batch_size=batch_size, progress=False)
         ended = time.time()
         stdout, stderr = child.communicate(timeout=300)
@@ -213,15 +220,15 @@ def test_an_interrupted_run_resumes_to_the_outcomes_of_an_uninterrupted_run(tmp_
     evaluate = worker.make_evaluator()
     calls = []
 
-    def failing_in_batch_3(indices, images, labels):
-        calls.append(int(indices[0]))
+    def failing_in_batch_3(batch):
+        calls.append(int(batch.indices[0]))
         if len(calls) == 3:
             raise RuntimeError("power cut")
-        return evaluate(indices, images, labels)
+        return evaluate(batch)
 
     store = Store(tmp_path / "store.sqlite")
     with pytest.raises(RuntimeError, match="power cut"):
-        run_job(store, key, dataset, failing_in_batch_3, batch_size=4, progress=False)
+        worker.run_job(store, key, dataset, failing_in_batch_3, batch_size=4, progress=False)
     job_id = job_id_for(key)
     assert store.done_batches(job_id) == {0, 1}
     assert [a["status"] for a in store.attempts(job_id)] == ["interrupted"]
@@ -229,11 +236,11 @@ def test_an_interrupted_run_resumes_to_the_outcomes_of_an_uninterrupted_run(tmp_
 
     calls.clear()
 
-    def counting(indices, images, labels):
-        calls.append(int(indices[0]))
-        return evaluate(indices, images, labels)
+    def counting(batch):
+        calls.append(int(batch.indices[0]))
+        return evaluate(batch)
 
-    job = run_job(store, key, dataset, counting, batch_size=4, progress=False)
+    job = worker.run_job(store, key, dataset, counting, batch_size=4, progress=False)
     assert calls == [8, 12, 16, 20, 24]  # batches 2..6 only; the last batch holds one example
     assert job["status"] == "done" and job["summary"]["batches_resumed"] == 2
     assert [a["status"] for a in store.attempts(job_id)] == ["interrupted", "done"]
@@ -244,20 +251,21 @@ def test_a_finished_job_is_reused_without_evaluating_again(tmp_path, worker):
     dataset = open_dataset("digits", limit=12)
     key = worker.key_for("clean", dataset)
     store = Store(tmp_path / "store.sqlite")
-    first = run_job(store, key, dataset, worker.make_evaluator(), batch_size=5, progress=False)
+    first = worker.run_job(store, key, dataset, worker.make_evaluator(), batch_size=5, progress=False)
 
     def must_not_run(*batch):
         raise AssertionError("evaluate_batch called for a finished job")
 
     reopened = Store(tmp_path / "store.sqlite")
-    again = run_job(reopened, key, dataset, must_not_run, batch_size=5, progress=False)
+    again = worker.run_job(reopened, key, dataset, must_not_run, batch_size=5, progress=False)
     assert again["id"] == first["id"] and again["summary"] == first["summary"]
     assert again["finished_utc"] == first["finished_utc"]
     assert len(reopened.attempts(first["id"])) == 1
     assert len(reopened.jobs()) == 1
     # A different setting is a different job: it runs.
     other = dict(key, settings={"rule": "other"})
-    assert run_job(reopened, other, dataset, worker.make_evaluator(), batch_size=5, progress=False)["id"] != first["id"]
+    other_job = worker.run_job(reopened, other, dataset, worker.make_evaluator(), batch_size=5, progress=False)
+    assert other_job["id"] != first["id"]
     assert len(reopened.jobs()) == 2
 
 
@@ -267,7 +275,7 @@ def test_resuming_with_a_different_batch_size_is_refused(tmp_path, worker):
     store = Store(tmp_path / "store.sqlite")
     store.open_job(key, total=len(dataset), batch_size=5, provenance={})
     with pytest.raises(EllbenchError, match="batches of 5"):
-        run_job(store, key, dataset, worker.make_evaluator(), batch_size=4, progress=False)
+        worker.run_job(store, key, dataset, worker.make_evaluator(), batch_size=4, progress=False)
 
 
 def test_outcome_extras_come_back_as_columns(tmp_path):
@@ -290,11 +298,12 @@ def test_job_ids_are_stable_and_cover_every_key_field():
     key = job_key(model="deit_micro_patch4_32", checkpoint="sha256:ab", data="digits:449:0123", task="clean",
                   settings={"batch_size": 64, "eps": [1, 2]}, seed=3)
     job_id = job_id_for(key)
-    assert len(job_id) == 64 and int(job_id, 16) >= 0
+    assert len(job_id) == 64 and set(job_id) <= set("0123456789abcdef")
+    assert job_id == hashlib.sha256(canonical_json({f: key[f] for f in KEY_FIELDS}).encode()).hexdigest()
     assert job_id_for(dict(reversed(list(key.items())))) == job_id  # field order is irrelevant
     assert job_id_for(dict(key, settings={"eps": [1, 2], "batch_size": 64})) == job_id
     assert job_id_for(dict(key, note="not a key field")) == job_id
-    assert key["version"] == ellbench.__version__
+    assert key["version"] == __version__
     changed = {"model": "x", "checkpoint": "sha256:cd", "data": "digits:10:ff", "task": "attack",
                "settings": {"batch_size": 32, "eps": [1, 2]}, "seed": 4, "version": "9.9"}
     assert set(changed) == set(KEY_FIELDS)
@@ -316,11 +325,11 @@ def test_provenance_fields_are_filled(tmp_path, worker):
     before = dt.datetime.now(dt.UTC).replace(microsecond=0)
     dataset = open_dataset("digits", limit=8)
     store = Store(tmp_path / "store.sqlite")
-    job = run_job(store, worker.key_for("clean", dataset), dataset, worker.make_evaluator(), batch_size=4,
-                  progress=False, provenance_extra={"note": "from the test"})
+    job = worker.run_job(store, worker.key_for("clean", dataset), dataset, worker.make_evaluator(), batch_size=4,
+                  progress=False, provenance={"note": "from the test"})
     after = dt.datetime.now(dt.UTC)
     record = job["provenance"]
-    assert record["ellbench"] == ellbench.__version__
+    assert record["ellbench"] == __version__
     assert record["torch"] == torch.__version__
     assert record["timm"] == timm.__version__
     assert record["torchattacks"] == importlib.metadata.version("torchattacks")
@@ -370,15 +379,15 @@ def test_two_torchrun_processes_resume_a_job_to_the_single_process_outcomes(tmp_
     store_path = tmp_path / "store.sqlite"
     evaluate, calls = worker.make_evaluator(), []
 
-    def fail_in_batch_3(indices, images, labels):
-        calls.append(int(indices[0]))
+    def fail_in_batch_3(batch):
+        calls.append(int(batch.indices[0]))
         if len(calls) == 3:
             raise RuntimeError("power cut")
-        return evaluate(indices, images, labels)
+        return evaluate(batch)
 
     with pytest.raises(RuntimeError):
-        run_job(Store(store_path), worker.key_for("clean", dataset), dataset, fail_in_batch_3, batch_size=batch_size,
-                progress=False)
+        worker.run_job(Store(store_path), worker.key_for("clean", dataset), dataset, fail_in_batch_3,
+                       batch_size=batch_size, progress=False)
     subprocess_env.pop("WORLD_SIZE", None)
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker.path),
@@ -397,3 +406,79 @@ def test_two_torchrun_processes_resume_a_job_to_the_single_process_outcomes(tmp_
     assert [a["status"] for a in store.attempts(job["id"])] == ["interrupted", "done"]  # one attempt: rank 0's
     assert store.outcomes(job["id"]).equals(reference_outcomes(worker, tmp_path, "clean", limit, batch_size))
     store.close()
+
+
+def test_a_second_process_on_the_same_job_leaves_a_live_attempt_running(tmp_path):
+    """Two live processes on one job (same host): neither marks the other's attempt abandoned; each closes its own."""
+    import socket
+
+    key = job_key(model="m", checkpoint="c", data="d", task="t", settings={}, seed=0)
+    alive = {"pid": os.getpid(), "host": socket.gethostname()}
+    first, second = Store(tmp_path / "store.sqlite"), Store(tmp_path / "store.sqlite")
+    job = first.open_job(key, total=1, batch_size=1, provenance=dict(alive, run=1))
+    second.open_job(key, total=1, batch_size=1, provenance=dict(alive, run=2))
+    assert [a["status"] for a in first.attempts(job["id"])] == ["running", "running"]
+    first.commit_batch(job["id"], 0, [{"idx": 0, "label": 0, "pred": 0, "correct": 1}])
+    first.finish_job(job["id"], {"n": 1})
+    assert [a["status"] for a in first.attempts(job["id"])] == ["done", "running"]
+    second.finish_job(job["id"], {"n": 1})
+    assert [(a["status"], a["provenance"]["run"]) for a in first.attempts(job["id"])] == [("done", 1), ("done", 2)]
+
+
+def test_an_attempt_of_a_dead_process_on_this_host_is_abandoned(tmp_path):
+    import socket
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead = {"pid": int(finished.stdout), "host": socket.gethostname()}
+    key = job_key(model="m", checkpoint="c", data="d", task="t", settings={}, seed=0)
+    job = Store(tmp_path / "store.sqlite").open_job(key, total=1, batch_size=1, provenance=dead)
+    resumed = Store(tmp_path / "store.sqlite")
+    resumed.open_job(key, total=1, batch_size=1, provenance={"pid": os.getpid(), "host": socket.gethostname()})
+    assert [a["status"] for a in resumed.attempts(job["id"])] == ["abandoned", "running"]
+
+
+def test_a_damaged_store_is_noticed_before_any_write_even_when_its_jobs_look_finished(tmp_path, worker):
+    dataset = open_dataset("digits", limit=200)
+    path = tmp_path / "store.sqlite"
+    store = Store(path)
+    key = worker.key_for("clean", dataset)
+    worker.run_job(store, key, dataset, worker.make_evaluator(), batch_size=50, progress=False)
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    data = bytearray(path.read_bytes())
+    assert len(data) > 8 * 4096
+    data[3 * 4096:6 * 4096] = b"\xab" * (3 * 4096)  # garbage over pages in the middle of the file
+    path.write_bytes(bytes(data))
+    reopened = Store(path)
+    with pytest.raises(EllbenchError, match=r"is damaged .*move it aside") as caught:
+        worker.run_job(reopened, key, dataset, worker.make_evaluator(), batch_size=50, progress=False)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("attempt to write a readonly database", "is read-only"),
+    ("database is locked", "stayed locked by another process"),
+    ("database or disk is full", "no space left for results store"),
+    ("database disk image is malformed", "is damaged"),
+    ("file is not a database", "is damaged"),
+])
+def test_sqlite_errors_become_one_line_naming_the_file_and_the_remedy(tmp_path, message, expected):
+    from ellbench.store import store_error
+
+    error = store_error(tmp_path / "ellbench.sqlite", sqlite3.OperationalError(message))
+    assert isinstance(error, EllbenchError) and expected in str(error) and "\n" not in str(error)
+    assert str(tmp_path / "ellbench.sqlite") in str(error)
+
+
+def test_a_read_only_store_serves_reads_and_refuses_writes_in_one_line(tmp_path, worker):
+    dataset = open_dataset("digits", limit=8)
+    writer = Store(tmp_path / "store.sqlite")
+    job = worker.run_job(writer, worker.key_for("clean", dataset), dataset, worker.make_evaluator(), batch_size=4,
+                         progress=False)
+    reader = Store(tmp_path / "store.sqlite", read_only=True)
+    assert [j["id"] for j in reader.done_jobs()] == [job["id"]] and len(reader.outcomes(job["id"])) == 8
+    with pytest.raises(EllbenchError, match="read-only"):
+        reader.commit_batch(job["id"], 9, [{"idx": 99, "label": 0, "pred": 0, "correct": 1}])
+    with pytest.raises(EllbenchError, match="results store"):
+        Store(tmp_path / "absent.sqlite", read_only=True)

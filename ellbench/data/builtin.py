@@ -30,6 +30,8 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 class TensorImageDataset(torch.utils.data.Dataset):
     """Grey images held in memory as uint8 [N, H, W]; served as float [3, H, W] in [0, 1] (grey replicated)."""
 
+    in_memory = True  # a batch is a slice of a tensor: loading it needs no worker processes
+
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, name: str, class_names, max_value: float = 255.0):
         if images.ndim != 3 or len(images) != len(labels):
             raise EllbenchError(f"{name}: expected images [N, H, W] and N labels, got {images.shape}, {labels.shape}")

@@ -1,5 +1,8 @@
 """ImageNet-style image folders (one sub-folder per class) as ([3, H, W] float in [0, 1], label) data sets.
 
+Images go through an EvalTransform (ellbench.data.transforms): timm's eval transform with a model's own settings,
+by default timm's defaults (resize 256, centre crop 224, bilinear).
+
 Labels live in ImageNet-1k index space when every class folder is an ImageNet-1k wnid (the 1000 sorted wnids that
 timm ships), so a 1000-way model is scored directly; any other folder falls back to sorted folder order 0..K-1.
 
@@ -24,11 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ellbench.data.transforms import DEFAULT_TRANSFORM, EvalTransform
 from ellbench.errors import EllbenchError
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
-TRANSFORMS = ("eval", "crop", "none")
-INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 # What PIL raises on unreadable, truncated or malformed image files.
 IMAGE_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
@@ -46,28 +48,6 @@ def imagenet_class_names() -> tuple[str, ...]:
 
     info = ImageNetInfo()
     return tuple(info.label_name_to_description(w).split(",")[0] for w in imagenet_wnids())
-
-
-def resize_short_side(image: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
-    """Resize so the shorter side is `size`, keeping the aspect ratio (torchvision's Resize(int) rule)."""
-    width, height = image.size
-    short, long = (width, height) if width <= height else (height, width)
-    if short == size:
-        return image
-    new_short, new_long = size, int(size * long / short)
-    new_size = (new_short, new_long) if width <= height else (new_long, new_short)
-    return image.resize(new_size, INTERPOLATIONS[interpolation])
-
-
-def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Central size x size crop (torchvision's CenterCrop rounding); smaller images are zero-padded first."""
-    width, height = image.size
-    if width < size or height < size:
-        padded = Image.new(image.mode, (max(width, size), max(height, size)))
-        padded.paste(image, ((max(width, size) - width) // 2, (max(height, size) - height) // 2))
-        image, (width, height) = padded, padded.size
-    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
-    return image.crop((left, top, left + size, top + size))
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -149,19 +129,16 @@ def label_space(class_folders: list[str], class_to_index: Mapping[str, int] | No
 class ImageFolderDataset(torch.utils.data.Dataset):
     """An ImageNet-style folder `<root>/<class>/<image>` served as ([3, H, W] float in [0, 1], label).
 
-    transform: "eval" resizes the short side to `resize` then centre-crops `img_size` (ImageNet evaluation),
-    "crop" only centre-crops `img_size` (already-sized sets such as ImageNet-C), "none" keeps images as stored.
+    transform: an EvalTransform (a model's timm eval transform; default timm's defaults, resize 256 -> crop 224
+    bilinear), or None to keep images as stored.
     limit keeps `limit` files evenly spread over the sorted list (deterministic, covers all classes).
     class_to_index maps folder names to labels; by default ImageNet-1k wnids get their 1k index.
     """
 
-    def __init__(self, root, *, transform: str = "eval", img_size: int = 224, resize: int = 256,
-                 interpolation: str = "bilinear", skip_bad_images: bool = False, limit: int | None = None,
-                 class_to_index: Mapping[str, int] | None = None, name: str | None = None):
-        if transform not in TRANSFORMS:
-            raise EllbenchError(f"unknown transform {transform!r}; choose one of {', '.join(TRANSFORMS)}")
-        if interpolation not in INTERPOLATIONS:
-            raise EllbenchError(f"unknown interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
+    def __init__(self, root, *, transform: EvalTransform | None = DEFAULT_TRANSFORM, skip_bad_images: bool = False,
+                 limit: int | None = None, class_to_index: Mapping[str, int] | None = None, name: str | None = None):
+        if transform is not None and not isinstance(transform, EvalTransform):
+            raise EllbenchError(f"transform must be an EvalTransform or None, got {type(transform).__name__}")
         self.root = Path(root)
         samples = scan_image_folder(self.root)
         mapping, self.num_classes, self.class_names = label_space(sorted({c for c, _ in samples}), class_to_index)
@@ -170,15 +147,19 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.skipped = len(samples) - len(kept)
         self.files = [path for _, path in kept]
         self.labels = [mapping[cls] for cls, _ in kept]
-        self.transform, self.img_size, self.resize, self.interpolation = transform, img_size, resize, interpolation
-        self.image_size = None if transform == "none" else img_size
+        self.transform = transform
+        self.image_size = None if transform is None else transform.input_size[0]
         self.name = name or self.root.name
         self.fingerprint = self._fingerprint()
 
+    @property
+    def transform_description(self) -> str:
+        """The transform in one line, for job keys and reports."""
+        return "as stored" if self.transform is None else self.transform.describe()
+
     def _fingerprint(self) -> str:
         digest = hashlib.sha256()
-        settings = {"transform": self.transform, "img_size": self.img_size, "resize": self.resize,
-                    "interpolation": self.interpolation}
+        settings = {"transform": None if self.transform is None else self.transform.settings()}
         digest.update(json.dumps(settings, sort_keys=True).encode())
         for path, label in zip(self.files, self.labels, strict=True):
             stat = path.stat()
@@ -189,14 +170,6 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def load_image(self, index: int) -> Image.Image:
-        """The file at `index`, decoded and transformed, as a PIL RGB image."""
-        image = read_rgb(self.files[index])
-        if self.transform == "eval":
-            image = resize_short_side(image, self.resize, self.interpolation)
-        if self.transform in ("eval", "crop"):
-            image = center_crop(image, self.img_size)
-        return image
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return to_tensor(self.load_image(index)), self.labels[index]
+        image = read_rgb(self.files[index])
+        return (to_tensor(image) if self.transform is None else self.transform(image)), self.labels[index]

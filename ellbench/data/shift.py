@@ -14,20 +14,22 @@ from pathlib import Path
 import torch
 
 from ellbench.data.folders import ImageFolderDataset
+from ellbench.data.transforms import DEFAULT_TRANSFORM, EvalTransform
 from ellbench.errors import EllbenchError
 
 SHIFT_SETS = ("imagenet-a", "imagenet-r")
 _DATA_DIR = Path(__file__).resolve().parent
 
 
-def _check(name: str) -> str:
+def check_shift_set(name: str) -> str:
+    """`name` when it is imagenet-a or imagenet-r; a one-line error otherwise."""
     if name not in SHIFT_SETS:
         raise EllbenchError(f"unknown shift data set {name!r}; choose one of {', '.join(SHIFT_SETS)}")
     return name
 
 
 def _read_list(name: str, kind: str) -> list[str]:
-    return (_DATA_DIR / f"{_check(name).replace('-', '_')}_{kind}.txt").read_text().split()
+    return (_DATA_DIR / f"{check_shift_set(name).replace('-', '_')}_{kind}.txt").read_text().split()
 
 
 def subset_wnids(name: str) -> tuple[str, ...]:
@@ -48,54 +50,10 @@ def restrict_logits(logits: torch.Tensor, name: str) -> torch.Tensor:
     return logits.index_select(-1, index)  # [B, 200]
 
 
-def labels_to_subset(labels_1k: torch.Tensor, name: str) -> torch.Tensor:
-    """ImageNet-1k labels -> subset labels 0..199; classes outside the subset raise EllbenchError."""
-    lookup = torch.full((1000,), -1, dtype=torch.long)
-    lookup[list(subset_indices_1k(name))] = torch.arange(200)
-    mapped = lookup[labels_1k.long().cpu()]
-    if (mapped < 0).any():
-        outside = sorted(set(labels_1k[mapped < 0].tolist()))
-        raise EllbenchError(f"ImageNet-1k classes {outside[:5]} are not among the 200 classes of {name}")
-    return mapped.to(labels_1k.device)
-
-
-def open_shift_dataset(name: str, root, *, img_size: int = 224, resize: int = 256, interpolation: str = "bilinear",
-                       skip_bad_images: bool = False, limit: int | None = None) -> ImageFolderDataset:
-    """An ImageNet-A or -R folder `<root>/<wnid>/*` with labels 0..199 in the subset's class space."""
+def open_shift_dataset(name: str, root, *, transform: EvalTransform = DEFAULT_TRANSFORM, skip_bad_images: bool = False,
+                       limit: int | None = None) -> ImageFolderDataset:
+    """An ImageNet-A or -R folder `<root>/<wnid>/*` with labels 0..199 in the subset's class space, read through
+    `transform` (the evaluated model's own eval transform)."""
     wnids = subset_wnids(name)
-    return ImageFolderDataset(root, transform="eval", img_size=img_size, resize=resize, interpolation=interpolation,
-                              skip_bad_images=skip_bad_images, limit=limit,
+    return ImageFolderDataset(root, transform=transform, skip_bad_images=skip_bad_images, limit=limit,
                               class_to_index={w: i for i, w in enumerate(wnids)}, name=name)
-
-
-def shift_evaluator(model, name: str, device: str = "cpu"):
-    """evaluate_batch for ImageNet-A/R: logits restricted to the subset's 200 classes, then argmax."""
-    _check(name)
-
-    @torch.no_grad()
-    def evaluate_batch(indices, images, labels):
-        logits = restrict_logits(model(images.to(device)).float(), name).cpu()
-        preds = logits.argmax(1)
-        return [
-            {"idx": int(i), "label": int(y), "pred": int(p), "correct": int(p == y)}
-            for i, y, p in zip(indices.tolist(), labels.tolist(), preds.tolist(), strict=True)
-        ]
-
-    return evaluate_batch
-
-
-def run_shift(store, loaded, name: str, root, *, batch_size: int = 64, seed: int = 0, skip_bad_images: bool = False,
-              limit: int | None = None, img_size: int = 224, resize: int = 256, progress: bool = True) -> dict:
-    """Top-1 accuracy of one model on an ImageNet-A/R folder, as a resumable job; returns the stored job row.
-
-    `loaded` is an ellbench.evaluate.LoadedModel; the number of unreadable files skipped goes into provenance.
-    """
-    from ellbench.runner import job_key, run_job
-
-    dataset = open_shift_dataset(name, root, img_size=img_size, resize=resize, skip_bad_images=skip_bad_images,
-                                 limit=limit)
-    key = job_key(model=loaded.name, checkpoint=loaded.checkpoint_id, data=dataset.fingerprint, task=name,
-                  settings={"batch_size": batch_size, "logits": "restricted to the 200 subset classes"}, seed=seed)
-    return run_job(store, key, dataset, shift_evaluator(loaded.module, name, loaded.device), batch_size=batch_size,
-                   description=f"{name} {loaded.name}", progress=progress, device=loaded.device,
-                   provenance_extra={"skipped_images": dataset.skipped})

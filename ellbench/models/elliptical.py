@@ -1,14 +1,15 @@
 """Elliptical Attention (Nielsen, Abdullaev, Teo, Nguyen; NeurIPS 2024) in DeiT, registered with timm.
 
-Attention with a Mahalanobis metric M = diag(m), one per sample and head (paper: H = softmax(Q M K^T / sqrt(D_h)) V;
-facts file section 1.1). The coordinate relevance m is estimated without parameters from how much each value
-coordinate changes between consecutive blocks (section 1.2)::
+Attention with a Mahalanobis metric M = diag(m), one per sample and head (the paper's
+H = softmax(Q M K^T / sqrt(D_h)) V; stefvk/Elliptical-Attention ImageNet/models.py:300-302). The coordinate
+relevance m is estimated without parameters from how much each value coordinate changes between consecutive blocks
+(`W_over_layers`, ImageNet/models.py:217-260)::
 
     m_hat_d = mean_n |v_l[n, d] - v_(l-1)[n, d]| / delta      m = m_hat / max_d m_hat
 
 so the previous block's values must reach the next block: here every block returns `(x, values)` and
 `EllipticalVisionTransformer` threads them through its loop over blocks; block 0 sees none and uses plain dot-product
-attention, as in the official code (section 1.3).
+attention, as in the official code (`MahalaVisionTransformer`, ImageNet/models.py:471-570, `--M-positions 1 .. 11`).
 
 Models: `elliptical_{tiny,tiny6h,small,base}_patch16_224` (DeiT sizes; tiny6h is the paper's heads ablation) and
 `elliptical_micro_patch4_32` (8-32 px inputs). They exist in timm's registry once ellbench is imported.
@@ -37,24 +38,22 @@ def coordinate_relevance(
 ) -> torch.Tensor:
     """Relevance m [B, H, D_h] of each value coordinate, from this and the previous block's values [B, H, N, D_h].
 
-    Facts file section 1.2: mean over tokens of |v_l - v_(l-1)| / delta, then divided by its maximum over coordinates,
-    so the largest entry is exactly 1. `delta` (5 in the official vision code) cancels in that division and cannot
-    change the model; it is kept for fidelity. `estimator="median"` takes the median over tokens instead, as the
-    official attack scripts did (section 1.5); for an even token count torch's median is the lower middle value.
+    As `W_over_layers` in the official code (stefvk/Elliptical-Attention, ImageNet/models.py:217-260, delta=5 at line
+    296): m_hat = mean over tokens of |v_l - v_(l-1)| / delta, then m = m_hat / max_d m_hat, so the largest entry is
+    exactly 1. `delta` cancels in that division and cannot change the model, so it is accepted for fidelity but not
+    applied. `estimator="median"` takes the median over tokens instead, as the official attack scripts did
+    (ImageAttack/models.py, `--grad-median`); for an even token count torch's median is the lower middle value.
     No gradient flows through m (the official code runs under no_grad on detached inputs). Where every difference is
     zero the official code divides 0 by 0 and returns NaN; here m is then all ones (plain dot-product attention).
     """
     if estimator not in ESTIMATORS:
         raise EllbenchError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     with torch.no_grad():
-        change = (values.detach() - prev_values.detach()).abs_()  # [B, H, N, D_h]
-        if estimator == "mean":
-            m_hat = change.mean(dim=-2) / delta  # [B, H, D_h]
-        else:
-            m_hat = change.median(dim=-2).values / delta  # [B, H, D_h]
-        largest = m_hat.amax(dim=-1, keepdim=True)  # [B, H, 1]
-        scaled = m_hat / largest.clamp_min(torch.finfo(m_hat.dtype).tiny)
-        return torch.where(largest > 0, scaled, torch.ones_like(m_hat))
+        change = (values - prev_values).abs_()  # [B, H, N, D_h]
+        # The mean, not the sum, keeps float16 in range for long sequences; its 1 / N cancels like delta.
+        m_hat = change.mean(dim=-2) if estimator == "mean" else change.median(dim=-2).values  # [B, H, D_h]
+        # All-zero change: 0 / 0 = NaN in every coordinate, which becomes the unit metric.
+        return (m_hat / m_hat.amax(dim=-1, keepdim=True)).nan_to_num_(nan=1.0)
 
 
 def elliptical_attention(
@@ -72,7 +71,7 @@ def elliptical_attention(
 
     `relevance=None` is plain dot-product attention. The fused path uses q M K^T = (q * m) K^T, since M is diagonal,
     and hands the product to `F.scaled_dot_product_attention` (flash / memory-efficient / CPU kernels). The reference
-    path builds M with diag_embed and the explicit softmax, as the official code does (facts file section 1.4).
+    path builds M with diag_embed and the explicit softmax, as the official code does (ImageNet/models.py:296-305).
     """
     if fused:
         if relevance is not None:
@@ -140,7 +139,28 @@ class EllipticalAttention(Attention):
 
 
 class EllipticalBlock(Block):
-    """Pre-norm ViT block that takes the previous block's values and returns `(x, its own values)`."""
+    """Pre-norm ViT block that takes the previous block's values and returns `(x, its own values)`.
+
+    Its two halves are also callable on their own (`attend`, then `feed_forward`), so that a loop over blocks can let
+    go of the previous block's values, and of the block's input, before the MLP's large activations are made.
+    """
+
+    def attend(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        prev_values: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x + attention(norm1(x)) [B, N, C] and this block's values [B, H, N, D_h]."""
+        attn_out, values = self.attn(
+            self.norm1(x), attn_mask=attn_mask, is_causal=is_causal, prev_values=prev_values, return_values=True
+        )
+        return x + self.drop_path1(self.ls1(attn_out)), values
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x + mlp(norm2(x)) [B, N, C]."""
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
     def forward(
         self,
@@ -149,12 +169,8 @@ class EllipticalBlock(Block):
         is_causal: bool = False,
         prev_values: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        attn_out, values = self.attn(
-            self.norm1(x), attn_mask=attn_mask, is_causal=is_causal, prev_values=prev_values, return_values=True
-        )
-        x = x + self.drop_path1(self.ls1(attn_out))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x, values
+        x, values = self.attend(x, attn_mask, is_causal, prev_values)
+        return self.feed_forward(x), values
 
 
 class EllipticalVisionTransformer(VisionTransformer):
@@ -185,11 +201,15 @@ class EllipticalVisionTransformer(VisionTransformer):
         """Tokens after the last of `blocks`, and after each block in `take_indices`; values go block to block."""
         values, taken = None, []
         for index, block in enumerate(blocks):
-            prev_values = values if index in self.elliptical_blocks else None
+            use_metric = index in self.elliptical_blocks
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x, values = checkpoint(block, x, attn_mask, is_causal, prev_values, use_reentrant=False)
+                x, values = checkpoint(block, x, attn_mask, is_causal, values if use_metric else None,
+                                       use_reentrant=False)
             else:
-                x, values = block(x, attn_mask=attn_mask, is_causal=is_causal, prev_values=prev_values)
+                # Rebinding x and values after the attention frees the block's input and the previous values
+                # before the MLP runs (nn.Sequential, as in timm's DeiT, keeps a block's input to its end).
+                x, values = block.attend(x, attn_mask, is_causal, values if use_metric else None)
+                x = block.feed_forward(x)
             if index in take_indices:
                 taken.append(x)
         return x, taken

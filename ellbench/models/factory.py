@@ -1,17 +1,12 @@
-"""Build any registered model for [0, 1] images, load checkpoints safely, and list what is registered.
+"""Build any registered model for [0, 1] images, and list what is registered.
 
-Checkpoints are `.safetensors` files or `.pt/.pth/.bin` files read with `torch.load(weights_only=True)`, which refuses
-pickles that would import or call anything. Common wrappers (a `state_dict`/`model`/`module` entry, `module.` or
-`model.` key prefixes) are stripped. An optional JSON sidecar (`<checkpoint>.json` or the checkpoint path with a
-`.json` suffix, as training writes it) holds `{"model": name, "model_kwargs": {...}}`.
+Checkpoint files are read in ellbench.models.loading; here weights arrive as a state dict that must fit exactly, or
+are timm's published weights (`pretrained=True`, or a name with a tag such as deit_small_patch16_224.fb_in1k), which
+timm loads from the Hugging Face cache or the hub.
 """
 
 import difflib
-import hashlib
-import json
-import pickle
-import re
-from pathlib import Path
+import os
 
 import timm
 import torch
@@ -19,27 +14,30 @@ from torch import nn
 
 import ellbench.models  # noqa: F401  (registers ellbench's models with timm)
 from ellbench.errors import EllbenchError
+from ellbench.models.amp import autocast_logits, check_amp
 
 # timm's own models listed beside ellbench's: the DeiT baselines of the paper.
 TIMM_BASELINES = ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224")
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-_WRAPPER_KEYS = ("state_dict", "model", "module")
-_WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
 
 
 class NormalizedModel(nn.Module):
-    """A classifier that takes float images in [0, 1] and normalises them with its pretrained_cfg's mean and std."""
+    """A classifier that takes float images in [0, 1] and normalises them with its pretrained_cfg's mean and std.
 
-    def __init__(self, model: nn.Module, mean=None, std=None):
+    `amp` (off, bf16, fp16) runs the network under autocast (ellbench.models.amp): normalisation before it and the
+    logits after it stay float32.
+    """
+
+    def __init__(self, model: nn.Module, mean=None, std=None, amp: str = "off"):
         super().__init__()
         cfg = getattr(model, "pretrained_cfg", None) or {}
         self.model = model
+        self.amp = check_amp(amp)
         # Not persistent: the state dict stays the wrapped model's, under the prefix "model.".
         self.register_buffer("mean", torch.tensor(mean or cfg["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std or cfg["std"]).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)
+        return autocast_logits(self.model, (images - self.mean) / self.std, self.amp)
 
     @property
     def pretrained_cfg(self) -> dict:
@@ -57,6 +55,7 @@ def family_of(name: str) -> str:
 
 def _check_registered(name: str) -> None:
     if timm.is_model(name):
+        check_tag(name)
         return
     ours = [row_name for row_name in timm.list_models() if _is_listed(row_name)]
     close = difflib.get_close_matches(name, ours, n=3) or difflib.get_close_matches(name, timm.list_models(), n=3)
@@ -64,44 +63,110 @@ def _check_registered(name: str) -> None:
     raise EllbenchError(f"unknown model {name!r}{hint}")
 
 
+def check_tag(name: str) -> None:
+    """A name with a pretrained tag must name one of timm's tags for its architecture (one-line error otherwise)."""
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
+    architecture, tag = split_model_name_tag(name)
+    if not tag:
+        return
+    try:
+        found = get_pretrained_cfg(name) is not None
+    except RuntimeError:
+        found = False
+    if not found:
+        tags = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{architecture}.*")]
+        raise EllbenchError(f"{architecture} has no pretrained tag {tag!r}; timm knows "
+                            f"{', '.join(tags[:8]) + (' ...' if len(tags) > 8 else '') if tags else 'none'}")
+
+
+def has_tag(name: str) -> bool:
+    """Whether `name` carries a pretrained tag (deit_small_patch16_224.fb_in1k)."""
+    from timm.models import split_model_name_tag
+
+    return bool(split_model_name_tag(name)[1])
+
+
 def build_model(
     name: str,
     *,
     num_classes: int | None = None,
     img_size: int | None = None,
-    checkpoint: str | Path | None = None,
+    state_dict: dict | None = None,
+    pretrained: bool = False,
+    input_size: int | None = None,
     seed: int = 0,
+    context: str = "the state dict",
     **kwargs,
 ) -> NormalizedModel:
-    """Build the timm model `name` wrapped for [0, 1] input, in eval mode, with weights from `checkpoint` if given.
+    """Build the timm model `name` wrapped for [0, 1] input, in eval mode, with `state_dict`'s weights if given, or
+    timm's published weights with `pretrained=True`.
 
-    Random initialisation is drawn from `seed` without touching the global RNG. With a checkpoint, a sidecar naming
-    the same model supplies default constructor kwargs, the classifier's width sets `num_classes` when not given, and
-    the weights must fit exactly (one-line error naming the first offending keys otherwise).
+    Random initialisation is drawn from `seed` without touching the global RNG. With a state dict, the classifier's
+    width sets `num_classes` when not given, and the weights must fit exactly (one-line error naming the first
+    offending keys otherwise; `context` names where the weights came from). `img_size` is a constructor setting;
+    `input_size` is the evaluation size asked for (validate.py's --img-size): timm builds a fixed-size model (a ViT)
+    for it, resampling published position embeddings, and leaves a size-agnostic one (a CNN) as it is.
     """
+    from timm.models import resolve_model_input_args
+
     _check_registered(name)
     model_kwargs = dict(kwargs)
-    state_dict = None
-    if checkpoint is not None:
-        state_dict, meta = load_checkpoint(checkpoint)
-        if meta.get("model") == name:
-            model_kwargs = {**meta.get("model_kwargs", {}), **model_kwargs}
-        if num_classes is None and "num_classes" not in model_kwargs and "head.weight" in state_dict:
-            num_classes = state_dict["head.weight"].shape[0]
+    if state_dict is not None and num_classes is None and "num_classes" not in model_kwargs \
+            and "head.weight" in state_dict:
+        num_classes = state_dict["head.weight"].shape[0]
     if num_classes is not None:
         model_kwargs["num_classes"] = num_classes
     if img_size is not None:
         model_kwargs["img_size"] = img_size
+    if input_size is not None:
+        try:
+            arguments = resolve_model_input_args(name, {"img_size": input_size}, **model_kwargs)
+        except ValueError as error:
+            raise EllbenchError(f"cannot evaluate {name} at {input_size} px: {_first_line(error)}") from None
+        model_kwargs = {key: value for key, value in arguments.items() if key not in ("model_name", "pretrained_cfg")}
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            model = timm.create_model(name, **model_kwargs)
+            model = _create(name, pretrained, model_kwargs)
         except TypeError as error:
             raise EllbenchError(f"cannot build {name} with {model_kwargs}: {_first_line(error)}") from error
     if state_dict is not None:
-        _load_strictly(model, state_dict, f"checkpoint {checkpoint} does not fit {name}")
+        _load_strictly(model, state_dict, f"{context} does not fit {name}")
     return NormalizedModel(model).eval()
+
+
+def _create(name: str, pretrained: bool, model_kwargs: dict) -> nn.Module:
+    """timm.create_model; with pretrained=True a missing download is one line naming the weights and the way out."""
+    if not pretrained:
+        return timm.create_model(name, **model_kwargs)
+    cfg = timm.models.get_pretrained_cfg(name)
+    overlay = model_kwargs.get("pretrained_cfg_overlay") or {}
+    source = overlay.get("file") or published_weights(name)
+    if source is None:
+        raise EllbenchError(f"timm has no published weights for {name}; pass --checkpoint FILE")
+    try:
+        return timm.create_model(name, pretrained=True, **model_kwargs)
+    except OSError as error:  # the hub's LocalEntryNotFoundError, no network, no file: all OSErrors
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+        why = "are not in the Hugging Face cache and HF_HUB_OFFLINE is set" if offline else \
+            f"could not be fetched ({_first_line(error)}; without a network set HF_HUB_OFFLINE=1 to fail at once)"
+        hub_id = getattr(cfg, "hf_hub_id", None)
+        fetch = f"`hf download {hub_id}` (or any timm.create_model(..., pretrained=True)) on a machine with network " \
+            "into the same cache (HF_HOME)" if hub_id else f"download {source} on a machine with network"
+        raise EllbenchError(f"weights of {name} ({source}) {why}; get them with {fetch}, or pass --checkpoint FILE"
+                            ) from None
+
+
+def published_weights(name: str) -> str | None:
+    """Where timm loads `name`'s published weights from ('hf-hub:timm/...', a URL or a file); None if it has none."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if getattr(cfg, "hf_hub_id", None):
+        return f"hf-hub:{cfg.hf_hub_id}"
+    return getattr(cfg, "file", None) or getattr(cfg, "url", None) or None
 
 
 def _load_strictly(model: nn.Module, state_dict: dict, context: str) -> None:
@@ -121,88 +186,6 @@ def _load_strictly(model: nn.Module, state_dict: dict, context: str) -> None:
     if problems:
         raise EllbenchError(f"{context}: {'; '.join(problems)}")
     model.load_state_dict(state_dict, strict=True)
-
-
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a checkpoint's tensors without running code; returns (state_dict, meta from the sidecar or header)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EllbenchError(f"checkpoint {path} not found")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        state, meta = _read_safetensors(path)
-    elif suffix in CHECKPOINT_SUFFIXES:
-        state, meta = _read_torch_weights(path), {}
-    else:
-        raise EllbenchError(f"checkpoint {path} has an unknown type; use one of {', '.join(CHECKPOINT_SUFFIXES)}")
-    return _unwrap(state, path), {**meta, **_read_sidecar(path)}
-
-
-def _read_safetensors(path: Path) -> tuple[dict, dict]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
-    except (SafetensorError, OSError) as error:
-        raise EllbenchError(f"checkpoint {path} is not a readable safetensors file: {_first_line(error)}") from error
-
-
-def _read_torch_weights(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        offender = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        detail = f" (it names {offender.group(1)})" if offender else ""
-        raise EllbenchError(
-            f"refusing to load {path}: it holds more than tensors{detail}; only plain weights load, nothing was run"
-        ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise EllbenchError(f"checkpoint {path} is unreadable: {_first_line(error)}") from error
-
-
-def _unwrap(state, path: Path) -> dict[str, torch.Tensor]:
-    """The bare state dict inside common wrappers: {'model': ...}, {'state_dict': ...}, 'module.' prefixes."""
-    while isinstance(state, dict) and not _all_tensors(state):
-        inner = next((state[key] for key in _WRAPPER_KEYS if isinstance(state.get(key), dict)), None)
-        if inner is None:
-            break
-        state = inner
-    if not isinstance(state, dict) or not state or not _all_tensors(state):
-        raise EllbenchError(f"checkpoint {path} holds no state dict of tensors")
-    for prefix in _WRAPPER_PREFIXES:
-        if all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix) :]: value for key, value in state.items()}
-    return state
-
-
-def _all_tensors(state: dict) -> bool:
-    return all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items())
-
-
-def _read_sidecar(path: Path) -> dict:
-    for candidate in (Path(f"{path}.json"), path.with_suffix(".json")):
-        if candidate.is_file():
-            try:
-                meta = json.loads(candidate.read_text())
-            except (OSError, ValueError) as error:
-                raise EllbenchError(f"checkpoint sidecar {candidate} is unreadable: {_first_line(error)}") from error
-            if not isinstance(meta, dict) or not isinstance(meta.get("model_kwargs", {}), dict):
-                raise EllbenchError(f"checkpoint sidecar {candidate} must hold an object with a model_kwargs object")
-            return meta
-    return {}
-
-
-def checkpoint_sha256(path: str | Path) -> str:
-    """SHA-256 of a checkpoint file's bytes (hex), the identity a result is stored under."""
-    path = Path(path)
-    if not path.is_file():
-        raise EllbenchError(f"checkpoint {path} not found")
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_listed(name: str) -> bool:

@@ -280,8 +280,14 @@ class MoMAttention(KDEAttention):
         return torch.stack(rows).sort(dim=-1).values
 
     def median_subset(self, q: torch.Tensor, k: torch.Tensor, subsets: torch.Tensor) -> torch.Tensor:
-        """Index (into subsets) of the median-likelihood subset: [B] (one value repeated for median_over='batch')."""
-        with torch.no_grad():
+        """Index (into subsets) of the median-likelihood subset: [B] (one value repeated for median_over='batch').
+
+        The scores are computed in at least float32, also under half-precision autocast: the choice is discrete, and
+        bfloat16 sums over the batch and heads could rank close subsets differently from float32.
+        """
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
+            q, k = q.to(dtype), k.to(dtype)
             if self.fused_attn:
                 key_score = (q.sum(dim=-2, keepdim=True) * k).sum(-1)  # [B, H, N]: (sum_i q_i).k^_j
                 key_score = key_score.sum(dim=1)  # [B, N]

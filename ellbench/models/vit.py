@@ -23,7 +23,8 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 from ellbench.errors import EllbenchError
 
-# DeiT (Touvron et al. 2021, Table 1) and the paper's 6-head tiny ablation (facts file section 2.1): patch 16, 224 px,
+# DeiT (Touvron et al. 2021, Table 1) and the paper's 6-head tiny ablation (its Table 10; stefvk/Elliptical-Attention
+# ImageNet/models.py, deit_mahala_overlayers_tiny2_patch16_224): patch 16, 224 px,
 # depth 12. "micro" is ellbench's small-image config for 8-32 px inputs (under 3M parameters, trains on CPU).
 SIZES = {
     "tiny": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3),
@@ -32,7 +33,8 @@ SIZES = {
     "base": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12),
     "micro": dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4),
 }
-# Shared by every size: the official code's block (facts file section 1.3).
+# Shared by every size: the official code's block (stefvk/Elliptical-Attention ImageNet/models.py:614-785: mlp_ratio 4,
+# qkv bias, LayerNorm eps 1e-6).
 COMMON_ARGS = dict(mlp_ratio=4.0, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
 
 

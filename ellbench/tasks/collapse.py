@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ellbench.errors import EllbenchError
-from ellbench.runner import accuracy_summary, job_key, run_job
+from ellbench.runner import Batch, JobSpec, accuracy_summary, job_key, outcome_rows, run
+from ellbench.tasks.eval import transform_settings
 
 COLLAPSE_KEY = "collapse"
 
@@ -37,9 +38,9 @@ def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
             continue  # an `attn` inside an attention module is one of its parts, not another layer
         found.append((name, module))
     if not found:
-        raise EllbenchError(
-            f"{type(model).__name__} has no attention modules named 'attn'; collapse needs a ViT-like model"
-        )
+        inner = getattr(model, "model", model)  # the timm model inside ellbench's [0, 1] wrapper
+        raise EllbenchError(f"{type(inner).__name__} has no attention layers (modules named 'attn'); collapse measures "
+                            "the tokens leaving the attention layers of a ViT-like model")
     return found
 
 
@@ -116,36 +117,21 @@ def collapse_per_layer(model: nn.Module, images: Tensor) -> list[float]:
     return collapse_per_example(model, images).double().mean(dim=0).tolist()
 
 
-def collapse_evaluator(
-    model: nn.Module, *, device: torch.device | str | None = None
-) -> Callable[[Tensor, Tensor, Tensor], list[dict]]:
-    """An `evaluate_batch` for the runner: one row per example with its prediction and its per-layer collapse.
+def collapse_evaluator(model: nn.Module) -> Callable[[Batch], list[dict]]:
+    """Per-batch evaluation: one row per example with its prediction and its per-layer collapse.
 
     Each row holds ``idx, label, pred, correct`` and ``collapse`` (a list of L floats, one per attention layer, in the
     order of `attention_layer_names(model)`). `summarize_collapse` of all rows equals `collapse_per_layer` on all
     images, so a resumed job gives the same figure as one uninterrupted pass.
     """
     attention_layers(model)  # fail now, before any data is loaded, if the model has no attention layers
-    target = torch.device(device) if device is not None else next(model.parameters()).device
 
-    def evaluate_batch(indices: Tensor, images: Tensor, labels: Tensor) -> list[dict]:
-        logits, collapse = _forward_with_collapse(model, images.to(target))
-        preds = logits.argmax(dim=-1).cpu()
-        collapse = collapse.double().cpu()
-        return [
-            {
-                "idx": int(idx),
-                "label": int(label),
-                "pred": int(pred),
-                "correct": int(pred == label),
-                COLLAPSE_KEY: collapse[row].tolist(),
-            }
-            for row, (idx, label, pred) in enumerate(
-                zip(indices.tolist(), labels.tolist(), preds.tolist(), strict=True)
-            )
-        ]
+    def evaluate(batch: Batch) -> list[dict]:
+        logits, collapse = _forward_with_collapse(model, batch.images)
+        return outcome_rows(batch.indices, batch.labels, logits.argmax(dim=-1),
+                            **{COLLAPSE_KEY: collapse.double().cpu()})
 
-    return evaluate_batch
+    return evaluate
 
 
 def summarize_collapse(rows) -> list[float]:
@@ -162,29 +148,26 @@ def collapse_summary(outcomes: pd.DataFrame) -> dict:
     return {**accuracy_summary(outcomes), COLLAPSE_KEY: summarize_collapse(outcomes)}
 
 
-def run_collapse(store, loaded, dataset, *, batch_size: int, seed: int = 0, progress: bool = True) -> dict:
+def collapse_spec(loaded, dataset, *, batch_size: int, seed: int = 0, workers: int | None = None) -> JobSpec:
+    """The job spec of one model's collapse on one data set; the layer names are part of its settings, so the stored
+    per-layer lists can always be matched to the modules they came from."""
+    try:
+        layers = attention_layer_names(loaded.module)
+    except EllbenchError as error:
+        raise EllbenchError(f"{loaded.name}: {error}") from None
+    key = job_key(model=loaded.name, checkpoint=loaded.checkpoint_id, data=dataset.fingerprint, task="collapse",
+                  settings={"batch_size": batch_size, "layers": layers, **transform_settings(dataset)}, seed=seed,
+                  amp=loaded.amp)
+    return JobSpec(key=key, dataset=dataset, evaluate=collapse_evaluator(loaded.module), batch_size=batch_size,
+                   device=loaded.device, description=f"collapse {loaded.name}", summarize=collapse_summary,
+                   loader_workers=workers)
+
+
+def run_collapse(store, loaded, dataset, *, batch_size: int, seed: int = 0, progress: bool = True,
+                 workers: int | None = None) -> dict:
     """Per-layer collapse of one model on one data set, stored as a resumable 'collapse' job; returns the job row.
 
-    `loaded` is an `ellbench.evaluate.LoadedModel`. The layer names are part of the job's settings, so the stored
-    per-layer lists can always be matched to the modules they came from.
+    `loaded` is an `ellbench.models.loading.LoadedModel`; `workers`: loader processes (None: the runner's default).
     """
-    layers = attention_layer_names(loaded.module)
-    key = job_key(
-        model=loaded.name,
-        checkpoint=loaded.checkpoint_id,
-        data=dataset.fingerprint,
-        task="collapse",
-        settings={"batch_size": batch_size, "layers": layers},
-        seed=seed,
-    )
-    return run_job(
-        store,
-        key,
-        dataset,
-        collapse_evaluator(loaded.module, device=loaded.device),
-        batch_size=batch_size,
-        description=f"collapse {loaded.name}",
-        summarize=collapse_summary,
-        progress=progress,
-        device=loaded.device,
-    )
+    return run(store, collapse_spec(loaded, dataset, batch_size=batch_size, seed=seed, workers=workers),
+               progress=progress)

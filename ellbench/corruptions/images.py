@@ -1,0 +1,120 @@
+"""Corrupting images with imagecorruptions, deterministically per image.
+
+imagecorruptions draws from NumPy's global legacy RNG, so each image is corrupted with that RNG seeded from
+(seed, sha256 of the image's content, corruption, severity) and the caller's RNG state restored afterwards. The same
+image gets the same corruption whatever its position, shard or worker. Images under 32 px are upsampled to 32 px,
+corrupted, then downsampled back (imagecorruptions refuses smaller ones); every path reports it (`upsampled`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ellbench.corruptions.compat import IMAGECORRUPTIONS_VERSION, imagecorruptions
+from ellbench.corruptions.names import MIN_SIDE, check_corruption
+from ellbench.data import dataset_batch
+from ellbench.errors import EllbenchError
+
+
+def content_hash(data: bytes | np.ndarray) -> str:
+    """sha256 hex of a file's bytes or of an array's shape and bytes."""
+    if isinstance(data, np.ndarray):
+        data = repr(data.shape).encode() + np.ascontiguousarray(data).tobytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def image_seed(seed: int, image_hash: str, corruption: str, severity: int) -> np.ndarray:
+    """256 bits for NumPy's legacy RNG from (seed, image content hash, corruption, severity)."""
+    digest = hashlib.sha256(f"{seed}\0{image_hash}\0{corruption}\0{severity}".encode()).digest()
+    return np.frombuffer(digest, dtype=np.uint32)
+
+
+def _corrupt_seeded(image: np.ndarray, corruption: str, severity: int, seed_words: np.ndarray) -> np.ndarray:
+    saved = np.random.get_state()
+    np.random.seed(seed_words)
+    try:
+        return imagecorruptions.corrupt(image, severity=severity, corruption_name=corruption)
+    finally:
+        np.random.set_state(saved)
+
+
+def corrupt_image(image: np.ndarray, corruption: str, severity: int, *, seed: int = 0,
+                  image_hash: str | None = None) -> tuple[np.ndarray, bool]:
+    """Corrupt a uint8 [H, W, 3] image; returns (uint8 [H, W, 3], upsampled).
+
+    The RNG is seeded from (seed, image_hash, corruption, severity); image_hash defaults to the pixels' hash
+    (generated ImageNet-C passes the source file's hash, its cache key).
+    Images with a side under 32 px are upsampled (bilinear) so the short side is 32, corrupted, and brought back to
+    their size with box (area) averaging; `upsampled` says so.
+    """
+    check_corruption(corruption, severity)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise EllbenchError(f"expected a uint8 [H, W, 3] image, got {image.dtype} {list(image.shape)}")
+    seed_words = image_seed(seed, image_hash or content_hash(image), corruption, severity)
+    height, width = image.shape[:2]
+    if min(height, width) >= MIN_SIDE:
+        return _corrupt_seeded(image, corruption, severity, seed_words), False
+    scale = MIN_SIDE / min(height, width)
+    big_size = (max(MIN_SIDE, round(width * scale)), max(MIN_SIDE, round(height * scale)))  # PIL (W, H)
+    big = np.asarray(Image.fromarray(image).resize(big_size, Image.Resampling.BILINEAR))
+    corrupted = _corrupt_seeded(big, corruption, severity, seed_words)
+    return np.asarray(Image.fromarray(corrupted).resize((width, height), Image.Resampling.BOX)), True
+
+
+def corrupt_tensor(images: torch.Tensor, corruption: str, severity: int, *, seed: int = 0) -> tuple[torch.Tensor, bool]:
+    """Corrupt float [B, 3, H, W] images in [0, 1] (quantised to 8 bits first); returns (images, upsampled)."""
+    pixels = (images.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    results = [corrupt_image(np.ascontiguousarray(p), corruption, severity, seed=seed) for p in pixels]
+    out = torch.from_numpy(np.stack([r[0] for r in results])).permute(0, 3, 1, 2).float().div_(255.0)  # [B,3,H,W]
+    return out.to(images.device), any(r[1] for r in results)
+
+
+class CorruptedDataset(torch.utils.data.Dataset):
+    """Any data set of ([3, H, W] in [0, 1], label) with one corruption applied to each image.
+
+    Lazily, per batch; or with precompute=True all at once when built (kept as uint8), so that several models
+    evaluated on the same entry pay for the corruption once.
+    """
+
+    def __init__(self, base, corruption: str, severity: int, *, seed: int = 0, precompute: bool = False,
+                 chunk_size: int = 256):
+        check_corruption(corruption, severity)
+        self.base, self.corruption, self.severity, self.seed = base, corruption, severity, seed
+        self.name = f"{base.name}/{corruption}/{severity}"
+        self.fingerprint = (f"{base.fingerprint}|corrupt:{corruption}:{severity}:seed={seed}:"
+                            f"ic={IMAGECORRUPTIONS_VERSION}")
+        self.num_classes, self.image_size, self.class_names = base.num_classes, base.image_size, base.class_names
+        self.upsampled = base.image_size is not None and base.image_size < MIN_SIDE
+        self.precomputed = None
+        if precompute:
+            chunks = [self._corrupt(torch.arange(start, min(start + chunk_size, len(base))))
+                      for start in range(0, len(base), chunk_size)]
+            self.precomputed = (torch.cat([(images * 255).round().to(torch.uint8) for images, _ in chunks]),
+                                torch.cat([labels for _, labels in chunks]))
+
+    def _corrupt(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = dataset_batch(self.base, indices)
+        return corrupt_tensor(images, self.corruption, self.severity, seed=self.seed)[0], labels
+
+    @property
+    def in_memory(self) -> bool:
+        """Precomputed images are a slice of a tensor; lazily corrupted ones cost CPU time worth worker processes."""
+        return self.precomputed is not None
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        images, labels = self.get_batch(torch.tensor([index]))
+        return images[0], int(labels[0])
+
+    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images [B, 3, H, W] float in [0, 1] and labels [B]."""
+        if self.precomputed is None:
+            return self._corrupt(indices)
+        images, labels = self.precomputed
+        return images[indices].float().div_(255.0), labels[indices]

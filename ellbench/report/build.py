@@ -1,0 +1,156 @@
+"""`ellbench report`: every table, the trust checks, the reference comparison, paired comparisons and the plots of a
+store, written to a folder as one set.
+
+Several checkpoints of one model name (e.g. trained with seeds 0, 1, 2) are summarised as mean, sample standard
+deviation and count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ellbench.errors import EllbenchError
+from ellbench.io import atomic_write_bytes, atomic_write_text
+from ellbench.report.compare import compare_models, comparison_markdown, comparison_over_seeds
+from ellbench.report.plots import PLOTS
+from ellbench.report.reference import SPSA_NOTE, reference_comparison
+from ellbench.report.results import attack_checks_table, done_jobs, long_results
+from ellbench.report.tables import (
+    detail_table,
+    label_groups,
+    markdown_table,
+    pivot_markdown,
+    pivot_table,
+    seed_table,
+    short_checkpoint,
+)
+
+FORMATS = ("md", "csv", "png")
+
+
+def _check_formats(formats) -> tuple[str, ...]:
+    formats = tuple(formats)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise EllbenchError(f"unknown report format(s) {', '.join(unknown) or 'none given'}; use {', '.join(FORMATS)}")
+    return formats
+
+
+def _section(title: str, body: str, intro: str = "") -> str:
+    return f"## {title}\n\n{intro + chr(10) + chr(10) if intro else ''}{body or 'No results.'}\n"
+
+
+def build_report(store, out_dir, *, formats=("md", "csv", "png"), models=None, reference: bool = True,
+                 compare=None, seed: int = 0, resamples: int = 10000) -> dict:
+    """Tables, trust checks, reference comparison, paired comparisons and plots of a store, written to `out_dir`.
+
+    Files (each written atomically): results.csv (models x metrics, means over checkpoints), results_seeds.csv
+    (mean, std, n per cell), results_long.csv (every value with its job id and provenance), corruptions.csv,
+    collapse_layers.csv, checks.csv, reference.csv, comparison.csv (with `compare=[(model_a, model_b), ...]`),
+    results.md / comparison.md, and the PNG plots. Returns what was written, the plots skipped and why, and notes.
+    """
+    import pandas as pd
+
+    formats = _check_formats(formats)
+    out_dir = Path(out_dir)
+    jobs = done_jobs(store, models)
+    if not jobs:
+        raise EllbenchError(f"the store {store.path} holds no finished results to report")
+    long, notes = long_results(store, jobs=jobs)
+    if long["attack"].isin(["SPSA", "SPSA-cleverhans"]).any():
+        notes = [f"{SPSA_NOTE}.", *notes]
+    checks = attack_checks_table(store, jobs)
+    references, reference_notes = reference_comparison(long) if reference else (pd.DataFrame(), [])
+    comparisons = [compare_models(store, a, b, seed=seed, resamples=resamples) for a, b in (compare or [])]
+    tables = {"results": pivot_table(long), "results_seeds": seed_table(long), "results_long": long,
+              "corruptions": detail_table(long, "corruption", "label"),
+              "collapse_layers": detail_table(long, "collapse", "label"), "checks": checks}
+    if reference:
+        tables["reference"] = references
+    if comparisons:
+        tables["comparison"] = pd.concat(comparisons, ignore_index=True)
+        tables["comparison_seeds"] = comparison_over_seeds(tables["comparison"])
+    written, plots = [], {}
+    if "csv" in formats:
+        for stem, frame in tables.items():
+            if len(frame):
+                atomic_write_text(out_dir / f"{stem}.csv", frame.to_csv(index=False))
+                written.append(str(out_dir / f"{stem}.csv"))
+    if "png" in formats:
+        for stem, (data_of, draw, missing) in PLOTS.items():
+            data = data_of(long)
+            if data.empty:
+                plots[stem] = f"skipped: {missing}"
+                continue
+            atomic_write_bytes(out_dir / f"{stem}.png", draw(data))
+            plots[stem] = str(out_dir / f"{stem}.png")
+            written.append(plots[stem])
+    if "md" in formats:
+        text = _report_markdown(long, tables, checks, references, reference_notes, notes, plots, reference)
+        atomic_write_text(out_dir / "results.md", text)
+        written.append(str(out_dir / "results.md"))
+        if comparisons:
+            atomic_write_text(out_dir / "comparison.md", comparison_markdown(tables["comparison"],
+                                                                         tables["comparison_seeds"]))
+            written.append(str(out_dir / "comparison.md"))
+    return {"out": str(out_dir), "files": written, "plots": plots, "notes": reference_notes + notes,
+            "models": sorted(set(long["model"])), "checks": {s: int((checks["status"] == s).sum())
+                                                              for s in ("ok", "warn", "fail")}}
+
+
+def _report_markdown(long, tables, checks, references, reference_notes, notes, plots, reference: bool) -> str:
+    intro = ("Accuracies are fractions in [0, 1], recomputed from the stored per-example rows; a model with several "
+             "checkpoints shows mean ± sample std (n = checkpoints). results_long.csv names the job behind every "
+             "value.")
+    parts = ["# ellbench report\n", intro + "\n"]
+    for title, labels in label_groups(long).items():
+        if labels:
+            parts.append(_section(title, pivot_markdown(long, labels)))
+    transforms = transform_table(long)
+    if len(transforms):
+        parts.append(_section("Image transforms", markdown_table(transforms),
+                              "How image-folder data reached each model: its own timm eval transform (input size, "
+                              "interpolation, crop_pct, crop mode), or its overrides; built-in sets are used as "
+                              "stored."))
+    if len(tables["corruptions"]):
+        parts.append(_section("Accuracy by corruption and severity", markdown_table(tables["corruptions"])))
+    if len(tables["collapse_layers"]):
+        parts.append(_section("Collapse per layer", markdown_table(tables["collapse_layers"]),
+                              "Mean pairwise cosine similarity of the tokens leaving each attention layer."))
+    if len(checks):
+        parts.append(_section("Attack trust checks", _checks_markdown(checks),
+                              "Budget respected, robust <= clean, monotone in eps, PGD at least as strong as FGSM; "
+                              "recomputed from the stored rows (every check in checks.csv)."))
+    if reference:
+        body = markdown_table(references.drop(columns=["job_id"])) if len(references) else ""
+        body = "\n\n".join([body or "No result can be compared.", *reference_notes])
+        parts.append(_section("Reference numbers (reports/reference/)", body,
+                              "Accuracies in percent. Reference rows are logged numbers of other repositories, put "
+                              "beside a result only when model, metric, attack, eps and protocol agree."))
+    if notes:
+        parts.append(_section("Notes", "\n".join(f"- {note}" for note in notes)))
+    if "comparison" in tables:
+        parts.append(_section("Paired comparisons", "Is the difference real? See comparison.md (comparison.csv)."))
+    images = [f"![{stem}]({Path(path).name})" for stem, path in plots.items() if not path.startswith("skipped")]
+    skipped = [f"- {stem}: {path}" for stem, path in plots.items() if path.startswith("skipped")]
+    if plots:
+        parts.append(_section("Plots", "\n\n".join(images + skipped)))
+    return "\n".join(parts)
+
+
+def transform_table(long):
+    """One row per (model, data set, task, transform) read through an image transform."""
+    rows = long[long["transform"].notna()] if "transform" in long else long.iloc[0:0]
+    columns = ["model", "data_name", "task", "transform"]
+    return rows[columns].drop_duplicates().reset_index(drop=True) if len(rows) else rows.reindex(columns=columns)
+
+
+def _checks_markdown(checks) -> str:
+    """Counts of passed (ok), warning and failed checks per model and checkpoint, then every check that did not pass."""
+    counts = checks.assign(n=1).pivot_table(index=["model", "checkpoint"], columns="status", values="n",
+                                            aggfunc="sum", fill_value=0)
+    counts = counts.reindex(columns=["ok", "warn", "fail"], fill_value=0).reset_index()
+    counts["checkpoint"] = counts["checkpoint"].map(short_checkpoint)
+    flagged = checks[checks["status"] != "ok"].drop(columns=["job_id", "checkpoint"])
+    detail = markdown_table(flagged) if len(flagged) else "Every check passed."
+    return f"{markdown_table(counts)}\n{detail}"

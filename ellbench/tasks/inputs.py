@@ -1,0 +1,96 @@
+"""What every evaluation starts from: the model and the data it is evaluated on, opened in the right order.
+
+An image folder is read through the model's own eval transform, so the model comes first and the folder is opened
+with its transform (ellbench.data.transforms.model_eval_transform, with --img-size, --crop-pct and --interpolation as
+overrides). A built-in small-image set is used as stored, so it comes first and a model without a checkpoint is
+sized for it. The CLI's evaluation commands and the tests call these functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ellbench.errors import EllbenchError
+
+
+@dataclass(frozen=True)
+class TransformOverrides:
+    """validate.py's --img-size, --crop-pct and --interpolation: None keeps the model's own setting."""
+
+    img_size: int | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
+
+    def given(self) -> list[str]:
+        return [f"--{name.replace('_', '-')}" for name in ("img_size", "crop_pct", "interpolation")
+                if getattr(self, name) is not None]
+
+
+NO_OVERRIDES = TransformOverrides()
+
+
+def load_model(name: str, *, checkpoint: str | None = None, pretrained: bool = False, dataset=None, seed: int = 0,
+               device: str = "cpu", overrides: TransformOverrides = NO_OVERRIDES, amp: str = "off"):
+    """The model ready for evaluation (ellbench.models.loading.LoadedModel), built for --img-size when given, run
+    under `amp` autocast (off, bf16, fp16)."""
+    from ellbench.models.loading import load_for_eval
+
+    return load_for_eval(name, checkpoint, pretrained=pretrained, dataset=dataset, seed=seed, device=device,
+                         input_size=overrides.img_size, amp=amp)
+
+
+def eval_transform(loaded, overrides: TransformOverrides = NO_OVERRIDES):
+    """The model's own eval transform for image folders, with the overrides applied (an EvalTransform)."""
+    from ellbench.data.transforms import model_eval_transform
+
+    return model_eval_transform(loaded.timm_model, img_size=overrides.img_size, crop_pct=overrides.crop_pct,
+                                interpolation=overrides.interpolation)
+
+
+def open_model_and_data(name: str, data: str, *, checkpoint: str | None = None, pretrained: bool = False,
+                        data_root: str | None = None, limit: int | None = None, skip_bad_images: bool = False,
+                        overrides: TransformOverrides = NO_OVERRIDES, seed: int = 0, device: str = "cpu",
+                        amp: str = "off"):
+    """(LoadedModel, data set) for `data`: a built-in set's name or an ImageNet-style folder.
+
+    Folder: the model first, then the folder through its eval transform. Built-in set: the set first (served as
+    stored, so transform overrides are an error), then the model sized for it when it has no weights of its own,
+    and one image through the model so that a model that cannot take the set's images says so in one line.
+    """
+    from ellbench.data import check_folder, is_builtin, open_dataset
+
+    if is_builtin(data):
+        if overrides.given():
+            raise EllbenchError(f"{', '.join(overrides.given())} set the eval transform of image folders; the built-in "
+                                f"set {data} is used as stored")
+        dataset = open_dataset(data, "test", root=data_root, limit=limit)
+        loaded = load_model(name, checkpoint=checkpoint, pretrained=pretrained, dataset=dataset, seed=seed,
+                            device=device, amp=amp)
+        check_model_takes(loaded, dataset)
+        return loaded, dataset
+    check_folder(data)  # a bad path fails before the model is built
+    loaded = load_model(name, checkpoint=checkpoint, pretrained=pretrained, seed=seed, device=device,
+                        overrides=overrides, amp=amp)
+    dataset = open_dataset(data, "test", root=data_root, limit=limit, skip_bad_images=skip_bad_images,
+                           transform=eval_transform(loaded, overrides))
+    return loaded, dataset
+
+
+def check_model_takes(loaded, dataset) -> None:
+    """One example of `dataset` through the model; a model that cannot take its images is a one-line error."""
+    import torch
+
+    from ellbench.data import dataset_batch
+
+    if not len(dataset):
+        return
+    images, _ = dataset_batch(dataset, [0])
+    try:
+        with torch.no_grad():
+            logits = loaded.module(images.to(loaded.device))
+    except (RuntimeError, AssertionError, ValueError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise EllbenchError(f"{loaded.name} cannot take {dataset.name}'s {tuple(images.shape[1:])} images: "
+                            f"{first}") from None
+    if logits.dim() != 2:
+        raise EllbenchError(f"{loaded.name} is not a classifier: it returns {list(logits.shape)} for one image")
