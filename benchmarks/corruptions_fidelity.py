@@ -39,12 +39,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ellbench import torch_corruptions
-from ellbench.corruptions import ALL_CORRUPTIONS, IMAGECORRUPTIONS_VERSION, SEVERITIES, corrupt_image
+from ellbench.corruptions import torch_backend
+from ellbench.corruptions.compat import IMAGECORRUPTIONS_VERSION
+from ellbench.corruptions.images import corrupt_image
+from ellbench.corruptions.names import ALL_CORRUPTIONS, SEVERITIES
 from ellbench.data.photos import sample_photographs
 from ellbench.stats import paired_bootstrap_ci
 
-STOCHASTIC = torch_corruptions.STOCHASTIC
+STOCHASTIC = torch_backend.STOCHASTIC
 STATISTICS = ("mean", "std", "hf energy")
 
 
@@ -91,7 +93,7 @@ def ours(pixels: np.ndarray, corruption: str, severity: int, seed: int, batch_si
     out = []
     for first in range(0, len(pixels), batch_size):
         images = torch.from_numpy(pixels[first:first + batch_size]).permute(0, 3, 1, 2).float() / 255
-        out.append(torch_corruptions.to_uint8_hwc(torch_corruptions.corrupt_tensor(images, corruption, severity,
+        out.append(torch_backend.to_uint8_hwc(torch_backend.corrupt_tensor(images, corruption, severity,
                                                                                    seed=seed)[0]))
     return np.concatenate(out)
 
@@ -222,7 +224,7 @@ def fashion_mnist_model(models_dir: Path, log) -> torch.nn.Module:
 
 def digits_model(models_dir: Path, log) -> torch.nn.Module:
     """ellbench's deit_micro_patch4_32 trained on digits as `ellbench train ... --dataset digits --epochs 15` does."""
-    from ellbench.evaluate import load_for_eval
+    from ellbench.models.loading import load_for_eval
     from ellbench.train import TrainConfig, checkpoint_path, train
 
     config = TrainConfig(model="deit_micro_patch4_32", dataset="digits", epochs=15, batch_size=64, lr=1e-3,
@@ -271,7 +273,7 @@ def environment() -> str:
                          if _installed(name))
     return (f"{versions}; Python {platform.python_version()}; {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} CPUs; torch threads {torch.get_num_threads()}; torch backend "
-            f"{torch_corruptions.TORCH_BACKEND_VERSION}")
+            f"{torch_backend.TORCH_BACKEND_VERSION}")
 
 
 def _installed(name: str) -> bool:
@@ -336,12 +338,12 @@ def main() -> None:
             fmnist = open_dataset("fashion-mnist", "test", limit=args.fmnist_images)
             images, labels = fmnist.get_batch(torch.arange(len(fmnist)))
             models[f"fashion-mnist (small CNN, {len(fmnist)})"] = (
-                fashion_mnist_model(args.models_dir, log), torch_corruptions.to_uint8_hwc(images), labels.numpy())
+                fashion_mnist_model(args.models_dir, log), torch_backend.to_uint8_hwc(images), labels.numpy())
             if args.digits:
                 digits = open_dataset("digits", "test")
                 images, labels = digits.get_batch(torch.arange(len(digits)))
                 models[f"digits (deit_micro_patch4_32, {len(digits)})"] = (
-                    digits_model(args.models_dir, log), torch_corruptions.to_uint8_hwc(images), labels.numpy())
+                    digits_model(args.models_dir, log), torch_backend.to_uint8_hwc(images), labels.numpy())
             log("\n## 3. Models\n")
             rows, verdicts["models"] = model_table(reference, models, corruptions, log)
             report += ["## 3. Models", "", *rows, ""]

@@ -1,8 +1,8 @@
 """ImageNet-C corruptions: the torch backend on N threads vs imagecorruptions on N worker processes, same photographs.
 
 For each corruption, all severities: images per second of
-  - imagecorruptions (ellbench.corruptions.corrupt_image, the path `corrupt` uses today) over N worker processes;
-  - the torch backend (ellbench.torch_corruptions.corrupt_tensor) in this process on N torch threads;
+  - imagecorruptions (ellbench.corruptions.images.corrupt_image, the path `corrupt` uses today) over N worker processes;
+  - the torch backend (ellbench.corruptions.torch_backend.corrupt_tensor) in this process on N torch threads;
   - the torch backend over N worker processes of one torch thread each, batches of images per task (how generated
     ImageNet-C would run it on a CPU; on a shared machine it does not stall on OpenMP barriers as threads do);
   - with --device cuda, the torch backend on the GPU (timed with synchronisation).
@@ -28,8 +28,10 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 
-from ellbench import torch_corruptions
-from ellbench.corruptions import ALL_CORRUPTIONS, COMMON_CORRUPTIONS, IMAGECORRUPTIONS_VERSION, corrupt_image
+from ellbench.corruptions import torch_backend
+from ellbench.corruptions.compat import IMAGECORRUPTIONS_VERSION
+from ellbench.corruptions.images import corrupt_image
+from ellbench.corruptions.names import ALL_CORRUPTIONS, COMMON_CORRUPTIONS
 from ellbench.data.photos import sample_photographs
 
 _PHOTOS: np.ndarray | None = None  # the worker processes' copy (inherited through fork, or rebuilt)
@@ -49,7 +51,7 @@ def _torch_task(corruption: str, severity: int, indices: list[int], size: int, c
     if _PHOTOS is None or len(_PHOTOS) < count:
         _PHOTOS = sample_photographs(count, size)
     images = torch.from_numpy(_PHOTOS[indices]).permute(0, 3, 1, 2).float() / 255
-    torch_corruptions.corrupt_tensor(images, corruption, severity)
+    torch_backend.corrupt_tensor(images, corruption, severity)
     return len(indices)
 
 
@@ -74,7 +76,7 @@ def time_torch(images: torch.Tensor, corruption: str, severities, batch_size: in
     start = time.perf_counter()
     for severity in severities:
         for first in range(0, len(images), batch_size):
-            torch_corruptions.corrupt_tensor(images[first:first + batch_size], corruption, severity)
+            torch_backend.corrupt_tensor(images[first:first + batch_size], corruption, severity)
     synchronize()
     return time.perf_counter() - start
 
@@ -116,9 +118,9 @@ def main() -> None:
     print("warming up (frost pictures, Poisson tables, CUDA context) ...", flush=True)
     for corruption in corruptions:
         for severity in severities:
-            torch_corruptions.corrupt_tensor(images[:2], corruption, severity)
+            torch_backend.corrupt_tensor(images[:2], corruption, severity)
             if use_cuda:
-                torch_corruptions.corrupt_tensor(gpu_images[:2], corruption, severity)
+                torch_backend.corrupt_tensor(gpu_images[:2], corruption, severity)
 
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     header = (f"| corruption | imagecorruptions img/s ({args.workers} proc) | torch img/s ({args.threads} threads) | "

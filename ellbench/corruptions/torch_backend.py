@@ -5,7 +5,7 @@ same shape, quantised to 8 bits as imagecorruptions' uint8 output is. Parameters
 imagecorruptions (github.com/bethgelab/imagecorruptions, imagecorruptions/corruptions.py), which keeps Hendrycks'
 ImageNet-C recipe (github.com/hendrycks/robustness, ImageNet-C/create_c/make_imagenet_c.py).
 
-Same input handling as the imagecorruptions backend (ellbench.corruptions.corrupt_image): inputs are quantised to
+Same input handling as the imagecorruptions backend (ellbench.corruptions.images.corrupt_image): inputs are quantised to
 8 bits; images with a side under 32 px are upsampled (bilinear) so the short side is 32, corrupted, and brought back
 with box averaging, both with Pillow's 8-bit arithmetic reproduced exactly; outputs are truncated to 8 bits the way
 imagecorruptions' final `np.uint8(...)` truncates.
@@ -42,7 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ellbench.corruptions import ALL_CORRUPTIONS, MIN_SIDE, check_corruption, content_hash, image_seed
+from ellbench.corruptions.names import ALL_CORRUPTIONS, MIN_SIDE, check_corruption
+from ellbench.corruptions.seeds import content_hash, image_seed
 from ellbench.errors import EllbenchError
 
 TORCH_BACKEND_VERSION = "torch-1"  # bump when any output changes; part of job and cache keys
@@ -53,7 +54,7 @@ TORCH_BACKEND_VERSION = "torch-1"  # bump when any output changes; part of job a
 
 
 def generator_seed(seed_words: np.ndarray) -> int:
-    """A 64-bit torch generator seed from the 256-bit per-image seed of ellbench.corruptions.image_seed."""
+    """A 64-bit torch generator seed from the 256-bit per-image seed of ellbench.corruptions.seeds.image_seed."""
     words = np.asarray(seed_words, dtype=np.uint32)
     return int(words[0]) | int(words[1]) << 32
 

@@ -7,13 +7,18 @@ draws are replayed in the same order and fed to the torch backend's `_apply_*` s
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from ellbench import torch_corruptions as tc
-from ellbench.corruptions import ALL_CORRUPTIONS, corrupt_image
-from ellbench.corruptions import imagecorruptions as reference
+from ellbench.corruptions import torch_backend as tc
+from ellbench.corruptions.compat import imagecorruptions as reference
+from ellbench.corruptions.images import corrupt_image
+from ellbench.corruptions.names import ALL_CORRUPTIONS
 from ellbench.data.photos import sample_photographs
 from ellbench.errors import EllbenchError
 
@@ -315,7 +320,7 @@ def test_bad_input_is_one_line_error():
         tc.corrupt_batch((images * 255).to(torch.uint8), "fog", 1, [0, 1])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
 @pytest.mark.parametrize("corruption", ALL_CORRUPTIONS)
 def test_cpu_and_cuda_agree(corruption):
     pixels = sample_photographs(4, 224)
@@ -326,3 +331,126 @@ def test_cpu_and_cuda_agree(corruption):
         on_cuda = tc.corrupt_batch(images.cuda(), corruption, severity, seeds).cpu()
         difference = (on_cpu - on_cuda).abs() * 255
         assert difference.mean() <= 0.05 and (difference > 1.5).float().mean() <= 1e-3, (severity, difference.max())
+
+
+# --- Selecting the backend: suites, generated ImageNet-C, the CLI, job keys and the report -------------------------
+
+
+def write_suite(path, backend: str | None = None, corruptions=("contrast",), severities=(1,)):
+    lines = [f"corruptions = {json.dumps(list(corruptions))}", f"severities = {json.dumps(list(severities))}"]
+    if backend is not None:
+        lines.append(f"backend = {json.dumps(backend)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_suite_file_chooses_the_backend_and_a_bad_value_is_a_one_line_error(tmp_path):
+    from ellbench.corruptions.suite import load_suite
+
+    assert load_suite(write_suite(tmp_path / "default.toml")).backend == "imagecorruptions"
+    assert load_suite(write_suite(tmp_path / "torch.toml", "torch")).backend == "torch"
+    assert load_suite("imagenet-c").backend == "imagecorruptions"  # the shipped suites keep the reference
+    for bad in ("opencv", 3):
+        with pytest.raises(EllbenchError, match=r"unknown backend .*; choose one of imagecorruptions, torch"):
+            load_suite(write_suite(tmp_path / "bad.toml", bad))
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """val/<wnid>/*.JPEG: three real photographs of different sizes (ImageNet validation layout)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("clean")
+    for k, (wnid, size) in enumerate((("n01440764", 300), ("n01443537", 256), ("n01443537", 410))):
+        (root / wnid).mkdir(exist_ok=True)
+        Image.fromarray(sample_photographs(k + 1, size)[k]).save(root / wnid / f"val_{k}.JPEG", quality=90)
+    return root
+
+
+@pytest.mark.parametrize("corruption", ["contrast", "shot_noise"])
+def test_generated_imagenet_c_keeps_its_recipe_with_the_torch_backend(photo_folder, tmp_path, corruption):
+    """Resize 256 and centre crop 224 (torchvision, written out here), the torch backend seeded by the file's
+    hash, JPEG quality 85: the cached file is exactly that; two worker processes make the same files as one."""
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from ellbench.corruptions.imagenet_c import GeneratedImageNetC
+
+    generated = GeneratedImageNetC(photo_folder, corruption, 2, seed=3, cache_dir=tmp_path / "a", workers=2,
+                                   backend="torch")
+    assert all("-torch-1-" in str(path) for path in generated.files)
+    for path, source in zip(generated.files, generated.clean.files, strict=True):
+        cropped = np.array(T.CenterCrop(224)(T.Resize(256)(Image.open(source).convert("RGB"))))
+        file_hash = hashlib.sha256(source.read_bytes()).hexdigest()
+        images = as_batch(cropped)
+        seeds = [tc.generator_seed(tc.image_seed(3, file_hash, corruption, 2))]
+        buffer = io.BytesIO()
+        Image.fromarray(tc.to_uint8_hwc(tc.corrupt_batch(images, corruption, 2, seeds))[0]).save(
+            buffer, format="JPEG", quality=85, optimize=True)
+        assert path.read_bytes() == buffer.getvalue()
+    in_process = GeneratedImageNetC(photo_folder, corruption, 2, seed=3, cache_dir=tmp_path / "b", workers=1,
+                                    backend="torch")
+    assert [p.read_bytes() for p in in_process.files] == [p.read_bytes() for p in generated.files]
+    reference_backend = GeneratedImageNetC(photo_folder, corruption, 2, seed=3, cache_dir=tmp_path / "a", workers=1)
+    assert reference_backend.fingerprint != generated.fingerprint
+    assert not set(reference_backend.files) & set(generated.files)
+
+
+def run_corrupt(*args: str) -> dict:
+    """`ellbench corrupt ... --json` in this process (the CLI's own code path)."""
+    from typer.testing import CliRunner
+
+    from ellbench.cli import app
+
+    result = CliRunner().invoke(app, ["corrupt", "deit_micro_patch4_32", "--data", "digits", "--limit", "6",
+                                      "--batch-size", "6", "--workers", "0", "--device", "cpu", "--json", *args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_the_cli_backend_flag_and_suite_key_make_separate_jobs_that_the_report_tells_apart(tmp_path):
+    import pandas as pd
+
+    from ellbench.data import open_dataset
+    from ellbench.report.build import build_report
+    from ellbench.store import Store
+    from ellbench.tasks.inputs import load_model
+
+    out = tmp_path / "out"
+    suite = write_suite(tmp_path / "one.toml", corruptions=("shot_noise",))
+    reference = run_corrupt("--suite", str(suite), "--out", str(out))
+    flagged = run_corrupt("--suite", str(suite), "--out", str(out), "--corruption-backend", "torch")
+    from_suite = run_corrupt("--suite", str(write_suite(tmp_path / "torch.toml", "torch", ("shot_noise",))),
+                             "--out", str(out))
+    assert reference["backend"] == "imagecorruptions 1.1.2" and flagged["backend"] == "torch torch-1"
+    assert from_suite["entries"] == flagged["entries"]
+
+    store = Store.in_folder(out)
+    jobs = store.jobs(task="corruption")
+    assert len(jobs) == 2  # the suite key reused the flag's job; the two backends are two jobs
+    by_backend = {job["settings"].get("corruption_backend", "imagecorruptions"): job for job in jobs}
+    torch_job, reference_job = by_backend["torch"], by_backend["imagecorruptions"]
+    assert torch_job["settings"]["corruption_backend_version"] == "torch-1"
+    assert "corruption_backend" not in reference_job["settings"]  # keys from before the torch backend stay valid
+    assert torch_job["data"].endswith(":ic=1.1.2:backend=torch-1") and reference_job["data"].endswith(":ic=1.1.2")
+
+    # the stored predictions are those of the model on the torch backend's images
+    digits = open_dataset("digits", "test", limit=6)
+    images, labels = digits.get_batch(torch.arange(6))
+    outcomes = store.outcomes(torch_job["id"]).sort_values("idx")
+    corrupted = tc.corrupt_tensor(images, "shot_noise", 1, seed=0)[0]
+    model = load_model("deit_micro_patch4_32", dataset=digits, seed=0, device="cpu")
+    with torch.no_grad():
+        assert outcomes["pred"].tolist() == model.module(corrupted).argmax(1).tolist()
+    assert outcomes["label"].tolist() == labels.tolist()
+
+    report = build_report(store, tmp_path / "report", formats=("md", "csv"), reference=False)
+    assert report["files"]
+    long = pd.read_csv(tmp_path / "report" / "results_long.csv")
+    corruption_rows = long[long["task"] == "corruption"]
+    assert set(corruption_rows["corruption_backend"]) == {"imagecorruptions 1.1.2", "torch torch-1"}
+    assert set(corruption_rows["label"]) == {"shot_noise s1", "shot_noise s1 [torch corruptions]"}
+    text = (tmp_path / "report" / "results.md").read_text()
+    assert "## Corruption backends" in text and "torch torch-1" in text
