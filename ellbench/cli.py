@@ -496,6 +496,11 @@ def corrupt_command(
     amp: str = typer.Option("off", help=AMP_HELP),
     cache_dir: Path = typer.Option(None, help="Cache of generated ImageNet-C images (default: ~/.cache/ellbench)."),
     baseline: str = typer.Option(None, help="AlexNet errors for mCE: hendrycks (default) or robustbench."),
+    corruption_backend: str = typer.Option(None, help="Who corrupts generated and in-memory images: imagecorruptions "
+                                           "(the published ImageNet-C code, one image at a time; default unless the "
+                                           "suite says otherwise) or torch (ellbench's batched port, much faster; "
+                                           "see benchmarks/README.md for its fidelity). Different backends are "
+                                           "different jobs."),
     skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted in the provenance) instead of "
                                          "stopping."),
     seed: int = typer.Option(0, help=SEED_HELP),
@@ -509,6 +514,9 @@ def corrupt_command(
     _check_device(device)
     _check_suite("corruptions", suite)
     _check_choice(baseline, ("hendrycks", "robustbench"), "baseline")
+    from ellbench.corruptions.names import BACKENDS
+
+    _check_choice(corruption_backend, BACKENDS, "--corruption-backend")
     overrides = _overrides(img_size, crop_pct, interpolation)
     _check_inputs(checkpoint, pretrained, data)
     from ellbench.corruptions.suite import load_suite
@@ -516,6 +524,9 @@ def corrupt_command(
     chosen = load_suite(suite)
     if imagenet_c is not None and not Path(imagenet_c).is_dir():
         raise EllbenchError(f"ImageNet-C folder {imagenet_c} not found")
+    if imagenet_c is not None and corruption_backend is not None:
+        raise EllbenchError("--corruption-backend chooses who corrupts generated images; released ImageNet-C "
+                            "(--imagenet-c) is already corrupted")
     out_dir = _out_dir(out)
     from ellbench.store import Store
     from ellbench.tasks.corruption import run_corruption_suite
@@ -535,7 +546,7 @@ def corrupt_command(
     summary = run_corruption_suite(
         store, loaded, chosen, clean=clean, imagenet_c=imagenet_c, batch_size=batch_size, seed=seed,
         cache_dir=cache_dir, workers=workers, skip_bad_images=skip_bad_images, limit=limit, baseline=baseline,
-        progress=not as_json, transform=transform)
+        progress=not as_json, transform=transform, backend=corruption_backend)
     from ellbench import distributed
 
     if not distributed.is_writer():

@@ -3,7 +3,9 @@
 Generated images are made the way Hendrycks made ImageNet-C (resize, centre crop, corrupt, JPEG quality 85), with the
 resize and crop of the evaluated model's own eval transform (Hendrycks' 256 -> 224 bilinear is timm's default one),
 in worker processes, and cached on disk by the sha256 of the clean file and the transform, so a second run only
-decodes. Released ImageNet-C files are 224 px: see released_imagenet_c_transform for a model of another size.
+decodes. Either backend makes the pixels (ellbench.corruptions.names.BACKENDS); the recipe around them is the same,
+and the backend is part of the cache key. Released ImageNet-C files are 224 px: see released_imagenet_c_transform
+for a model of another size.
 """
 
 from __future__ import annotations
@@ -20,9 +22,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ellbench.corruptions import torch_backend
 from ellbench.corruptions.compat import IMAGECORRUPTIONS_VERSION
-from ellbench.corruptions.images import content_hash, corrupt_image
-from ellbench.corruptions.names import ALL_CORRUPTIONS, CORRUPTION_GROUPS, MIN_SIDE, check_corruption
+from ellbench.corruptions.images import backend_fingerprint, content_hash, corrupt_image
+from ellbench.corruptions.names import (
+    ALL_CORRUPTIONS,
+    CORRUPTION_GROUPS,
+    DEFAULT_BACKEND,
+    MIN_SIDE,
+    check_backend,
+    check_corruption,
+)
 from ellbench.data.folders import ImageFolderDataset, read_rgb, to_tensor
 from ellbench.data.transforms import DEFAULT_TRANSFORM, EvalTransform, released_imagenet_c_transform
 from ellbench.errors import EllbenchError
@@ -84,10 +94,12 @@ class GenerationSettings:
     seed: int = 0
     transform: EvalTransform = DEFAULT_TRANSFORM  # resize and crop before corrupting: the model's eval transform
     jpeg_quality: int | None = 85  # ImageNet-C was saved as JPEG quality 85; None keeps the exact pixels (PNG)
+    backend: str = DEFAULT_BACKEND  # who computes the corrupted pixels (names.BACKENDS)
 
     def cache_path(self, cache_dir: Path, image_hash: str) -> Path:
         suffix = f"q{self.jpeg_quality}.JPEG" if self.jpeg_quality else "png"
-        variant = f"seed{self.seed}-{self.transform.slug()}-ic{IMAGECORRUPTIONS_VERSION}-v{GENERATOR_VERSION}"
+        backend = "" if self.backend == "imagecorruptions" else f"-{torch_backend.TORCH_BACKEND_VERSION}"
+        variant = f"seed{self.seed}-{self.transform.slug()}-ic{IMAGECORRUPTIONS_VERSION}{backend}-v{GENERATOR_VERSION}"
         return cache_dir / self.corruption / str(self.severity) / variant / image_hash[:2] / f"{image_hash}.{suffix}"
 
 
@@ -96,8 +108,14 @@ def make_imagenet_c_image(source: Path, settings: GenerationSettings) -> tuple[b
     whether it was upsampled."""
     raw = source.read_bytes()
     image = np.ascontiguousarray(settings.transform.pixels(read_rgb(source)))  # uint8 [H, W, 3]
-    corrupted, upsampled = corrupt_image(image, settings.corruption, settings.severity,
-                                         seed=settings.seed, image_hash=content_hash(raw))
+    if settings.backend == "torch":  # the same per-image seed, from the source file's hash
+        images = torch.from_numpy(image).permute(2, 0, 1)[None].float().div_(255.0)  # [1, 3, H, W]
+        out, upsampled = torch_backend.corrupt_tensor(images, settings.corruption, settings.severity,
+                                                      seed=settings.seed, image_hashes=[content_hash(raw)])
+        corrupted = torch_backend.to_uint8_hwc(out)[0]
+    else:
+        corrupted, upsampled = corrupt_image(image, settings.corruption, settings.severity,
+                                             seed=settings.seed, image_hash=content_hash(raw))
     buffer = io.BytesIO()
     if settings.jpeg_quality:
         Image.fromarray(corrupted).save(buffer, format="JPEG", quality=settings.jpeg_quality, optimize=True)
@@ -112,6 +130,11 @@ def _generate_into_cache(source: str, target: str, settings: GenerationSettings)
     with atomic_path(target) as partial:  # readers never see a half-written file
         partial.write_bytes(encoded)
     return upsampled
+
+
+def _one_torch_thread() -> None:
+    # Workers are the parallelism: torch threads in each would compete for the same cores.
+    torch.set_num_threads(1)
 
 
 def _worker_context():
@@ -149,7 +172,7 @@ def generate_cached(sources: Iterable[Path], settings: GenerationSettings, cache
             if progress:
                 progress(done, len(missing))
         return targets
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context()) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(), initializer=_one_torch_thread) as pool:
         futures = [pool.submit(_generate_into_cache, source, target, settings) for target, source in missing]
         try:
             for done, future in enumerate(as_completed(futures), 1):
@@ -190,8 +213,10 @@ class GeneratedImageNetC(torch.utils.data.Dataset):
     `clean` is a folder path or an ImageFolderDataset (whose files, labels, limit and skipped files are then used).
     `transform` resizes and crops before the corruption: by default the clean data set's own (the evaluated model's
     eval transform), else timm's default (Hendrycks' 256 -> 224).
+    `backend` computes the corrupted pixels (imagecorruptions, or torch in the worker processes on the CPU); the
+    resize, crop and JPEG encoding around it are the same for both.
     All images are generated, or found in the cache, when the data set is built, so reading it only decodes cached
-    files. Cache layout: <cache_dir>/<corruption>/<severity>/seed<seed>-<transform>-ic<version>-v<gen>/
+    files. Cache layout: <cache_dir>/<corruption>/<severity>/seed<seed>-<transform>-ic<version>[-torch-<n>]-v<gen>/
     <sha[:2]>/<sha>.q85.JPEG, where sha is the sha256 of the clean file's bytes. `upsampled` is True when a side
     under 32 px forced the upsample-corrupt-downsample path.
     """
@@ -199,11 +224,13 @@ class GeneratedImageNetC(torch.utils.data.Dataset):
     def __init__(self, clean, corruption: str, severity: int, *, seed: int = 0, cache_dir=None,
                  workers: int | None = None, transform: EvalTransform | None = None, jpeg_quality: int | None = 85,
                  skip_bad_images: bool = False, limit: int | None = None,
-                 progress: Callable[[int, int], None] | None = None, source_hashes: list[str] | None = None):
+                 progress: Callable[[int, int], None] | None = None, source_hashes: list[str] | None = None,
+                 backend: str = DEFAULT_BACKEND):
         check_corruption(corruption, severity)
         if transform is None:
             transform = getattr(clean, "transform", None) or DEFAULT_TRANSFORM
-        self.settings = GenerationSettings(corruption, severity, seed, transform, jpeg_quality)
+        self.backend = check_backend(backend)
+        self.settings = GenerationSettings(corruption, severity, seed, transform, jpeg_quality, backend)
         self.clean = clean if isinstance(clean, ImageFolderDataset) else ImageFolderDataset(
             clean, transform=None, skip_bad_images=skip_bad_images, limit=limit)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -216,7 +243,7 @@ class GeneratedImageNetC(torch.utils.data.Dataset):
         self.image_size = transform.input_size[0]
         self.name = f"{self.clean.name}/generated-c/{corruption}/{severity}"
         self.fingerprint = (f"{self.clean.fingerprint}|generated-c:{corruption}:{severity}:seed={seed}:"
-                            f"{transform.slug()}:q={jpeg_quality}:ic={IMAGECORRUPTIONS_VERSION}:v{GENERATOR_VERSION}")
+                            f"{transform.slug()}:q={jpeg_quality}:{backend_fingerprint(backend)}:v{GENERATOR_VERSION}")
 
     @property
     def transform_description(self) -> str:

@@ -1,4 +1,8 @@
-"""Corrupting images with imagecorruptions, deterministically per image.
+"""Corrupting images with either backend, deterministically per image.
+
+The imagecorruptions backend (the default) corrupts one NumPy image at a time; the torch backend
+(ellbench.corruptions.torch_backend) corrupts a batch at once, on the images' device. Both seed each image from the
+same (seed, image hash, corruption, severity), and CorruptedDataset takes either.
 
 imagecorruptions draws from NumPy's global legacy RNG, so each image is corrupted with that RNG seeded from
 (seed, sha256 of the image's content, corruption, severity) and the caller's RNG state restored afterwards. The same
@@ -8,29 +12,16 @@ corrupted, then downsampled back (imagecorruptions refuses smaller ones); every 
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 from PIL import Image
 
+from ellbench.corruptions import torch_backend
 from ellbench.corruptions.compat import IMAGECORRUPTIONS_VERSION, imagecorruptions
-from ellbench.corruptions.names import MIN_SIDE, check_corruption
+from ellbench.corruptions.names import DEFAULT_BACKEND, MIN_SIDE, check_backend, check_corruption
+from ellbench.corruptions.seeds import content_hash, image_seed
 from ellbench.data import dataset_batch
 from ellbench.errors import EllbenchError
-
-
-def content_hash(data: bytes | np.ndarray) -> str:
-    """sha256 hex of a file's bytes or of an array's shape and bytes."""
-    if isinstance(data, np.ndarray):
-        data = repr(data.shape).encode() + np.ascontiguousarray(data).tobytes()
-    return hashlib.sha256(data).hexdigest()
-
-
-def image_seed(seed: int, image_hash: str, corruption: str, severity: int) -> np.ndarray:
-    """256 bits for NumPy's legacy RNG from (seed, image content hash, corruption, severity)."""
-    digest = hashlib.sha256(f"{seed}\0{image_hash}\0{corruption}\0{severity}".encode()).digest()
-    return np.frombuffer(digest, dtype=np.uint32)
 
 
 def _corrupt_seeded(image: np.ndarray, corruption: str, severity: int, seed_words: np.ndarray) -> np.ndarray:
@@ -65,8 +56,39 @@ def corrupt_image(image: np.ndarray, corruption: str, severity: int, *, seed: in
     return np.asarray(Image.fromarray(corrupted).resize((width, height), Image.Resampling.BOX)), True
 
 
-def corrupt_tensor(images: torch.Tensor, corruption: str, severity: int, *, seed: int = 0) -> tuple[torch.Tensor, bool]:
-    """Corrupt float [B, 3, H, W] images in [0, 1] (quantised to 8 bits first); returns (images, upsampled)."""
+def backend_version(backend: str) -> str:
+    """What identifies a backend's pixels: imagecorruptions' package version, or the torch port's version."""
+    return IMAGECORRUPTIONS_VERSION if check_backend(backend) == "imagecorruptions" \
+        else torch_backend.TORCH_BACKEND_VERSION
+
+
+def backend_fingerprint(backend: str) -> str:
+    """The part of a corrupted data set's fingerprint that names the backend.
+
+    imagecorruptions keeps the form fingerprints had before the torch backend ("ic=1.1.2"), so stored jobs stay
+    valid; the torch backend adds its own version (it also reads imagecorruptions' frost pictures).
+    """
+    suffix = "" if check_backend(backend) == "imagecorruptions" else f":backend={backend_version(backend)}"
+    return f"ic={IMAGECORRUPTIONS_VERSION}{suffix}"
+
+
+def backend_settings(backend: str) -> dict:
+    """What a corruption job's settings add for its backend: nothing for imagecorruptions (as keys had it before),
+    the backend and its version for torch, so that the two backends are different jobs."""
+    if check_backend(backend) == "imagecorruptions":
+        return {}
+    return {"corruption_backend": backend, "corruption_backend_version": backend_version(backend)}
+
+
+def corrupt_tensor(images: torch.Tensor, corruption: str, severity: int, *, seed: int = 0,
+                   backend: str = DEFAULT_BACKEND) -> tuple[torch.Tensor, bool]:
+    """Corrupt float [B, 3, H, W] images in [0, 1] (quantised to 8 bits first); returns (images, upsampled).
+
+    imagecorruptions runs on the CPU and the result is moved back to the images' device; the torch backend runs on
+    the images' device.
+    """
+    if check_backend(backend) == "torch":
+        return torch_backend.corrupt_tensor(images, corruption, severity, seed=seed)
     pixels = (images.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     results = [corrupt_image(np.ascontiguousarray(p), corruption, severity, seed=seed) for p in pixels]
     out = torch.from_numpy(np.stack([r[0] for r in results])).permute(0, 3, 1, 2).float().div_(255.0)  # [B,3,H,W]
@@ -81,12 +103,13 @@ class CorruptedDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, base, corruption: str, severity: int, *, seed: int = 0, precompute: bool = False,
-                 chunk_size: int = 256):
+                 chunk_size: int = 256, backend: str = DEFAULT_BACKEND):
         check_corruption(corruption, severity)
         self.base, self.corruption, self.severity, self.seed = base, corruption, severity, seed
+        self.backend = check_backend(backend)
         self.name = f"{base.name}/{corruption}/{severity}"
         self.fingerprint = (f"{base.fingerprint}|corrupt:{corruption}:{severity}:seed={seed}:"
-                            f"ic={IMAGECORRUPTIONS_VERSION}")
+                            f"{backend_fingerprint(backend)}")
         self.num_classes, self.image_size, self.class_names = base.num_classes, base.image_size, base.class_names
         self.upsampled = base.image_size is not None and base.image_size < MIN_SIDE
         self.precomputed = None
@@ -98,7 +121,7 @@ class CorruptedDataset(torch.utils.data.Dataset):
 
     def _corrupt(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = dataset_batch(self.base, indices)
-        return corrupt_tensor(images, self.corruption, self.severity, seed=self.seed)[0], labels
+        return corrupt_tensor(images, self.corruption, self.severity, seed=self.seed, backend=self.backend)[0], labels
 
     @property
     def in_memory(self) -> bool:

@@ -23,6 +23,10 @@ CORRUPTION_GROUPS = {
 }
 SEVERITIES = (1, 2, 3, 4, 5)
 MIN_SIDE = 32  # imagecorruptions refuses smaller images
+# Who computes the corrupted pixels: imagecorruptions 1.1.2 (NumPy, one image at a time; the published recipe) or
+# ellbench's batched torch port of it (ellbench.corruptions.torch_backend).
+BACKENDS = ("imagecorruptions", "torch")
+DEFAULT_BACKEND = "imagecorruptions"
 
 
 def check_corruption(corruption: str, severity: int) -> None:
@@ -31,3 +35,10 @@ def check_corruption(corruption: str, severity: int) -> None:
         raise EllbenchError(f"unknown corruption {corruption!r}; choose from {', '.join(ALL_CORRUPTIONS)}")
     if isinstance(severity, bool) or severity not in SEVERITIES:
         raise EllbenchError(f"severity must be an integer in 1..5, got {severity!r}")
+
+
+def check_backend(backend: str) -> str:
+    """The backend name, or EllbenchError for one that is not in BACKENDS."""
+    if backend not in BACKENDS:
+        raise EllbenchError(f"unknown corruption backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend

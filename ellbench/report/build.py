@@ -113,6 +113,12 @@ def _report_markdown(long, tables, checks, references, reference_notes, notes, p
                               "How image-folder data reached each model: its own timm eval transform (input size, "
                               "interpolation, crop_pct, crop mode), or its overrides; built-in sets are used as "
                               "stored."))
+    backends = corruption_backend_table(long)
+    if len(backends):
+        parts.append(_section("Corruption backends", markdown_table(backends),
+                              "Who corrupted the images of each corruption result: imagecorruptions (the published "
+                              "ImageNet-C code), ellbench's torch port (its rows say [torch corruptions]), or released "
+                              "ImageNet-C files."))
     if len(tables["corruptions"]):
         parts.append(_section("Accuracy by corruption and severity", markdown_table(tables["corruptions"])))
     if len(tables["collapse_layers"]):
@@ -159,6 +165,13 @@ def transform_table(long):
     """One row per (model, data set, task, transform) read through an image transform."""
     rows = long[long["transform"].notna()] if "transform" in long else long.iloc[0:0]
     columns = ["model", "data_name", "task", "transform"]
+    return rows[columns].drop_duplicates().reset_index(drop=True) if len(rows) else rows.reindex(columns=columns)
+
+
+def corruption_backend_table(long):
+    """One row per (model, data set, corruption backend) of the corruption results."""
+    rows = long[long["corruption_backend"].notna()] if "corruption_backend" in long else long.iloc[0:0]
+    columns = ["model", "data_name", "corruption_backend"]
     return rows[columns].drop_duplicates().reset_index(drop=True) if len(rows) else rows.reindex(columns=columns)
 
 

@@ -42,9 +42,12 @@ def severity_data(long):
     rows = long[long["table"] == "corruption"]
     if rows.empty:
         return rows
-    table = _mean_over_checkpoints(rows.assign(severity=rows["severity"].astype(int)),
-                                   ["model", "corruption", "data_name", "severity"])
-    return table.assign(series=_series_name(table))
+    backend = rows["corruption_backend"].fillna("") if "corruption_backend" in rows else ""
+    table = _mean_over_checkpoints(rows.assign(severity=rows["severity"].astype(int), corruption_backend=backend),
+                                   ["model", "corruption", "data_name", "corruption_backend", "severity"])
+    # each backend its own curve: torch-corrupted accuracies are not imagecorruptions' numbers
+    torch_rows = table["corruption_backend"].str.startswith("torch")
+    return table.assign(series=_series_name(table).where(~torch_rows, _series_name(table) + " [torch corruptions]"))
 
 
 def collapse_data(long):

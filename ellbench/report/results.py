@@ -26,8 +26,8 @@ PROFILE_METRICS = (  # summary key, column label, unit
 )
 LONG_COLUMNS = ("model", "checkpoint", "seed", "task", "metric", "label", "table", "attack", "name", "protocol", "eps",
                 "corruption", "severity", "layer", "epoch", "value", "n", "note", "job_id", "data", "data_name",
-                "transform", "settings", "ellbench_version", "torch", "timm", "git_commit", "device", "finished_utc",
-                "source")
+                "transform", "corruption_backend", "settings", "ellbench_version", "torch", "timm", "git_commit",
+                "device", "finished_utc", "source")
 TOP5_METRICS = ("top5_accuracy", "robust_top5_accuracy")  # top-5 beside top-1 where the paper gives it
 
 
@@ -44,7 +44,8 @@ def _job_fields(job: dict) -> dict:
     record = job.get("provenance") or {}
     return {"model": job["model"], "checkpoint": job["checkpoint"], "seed": job["seed"], "task": job["task"],
             "job_id": job["id"], "data": job["data"], "data_name": data_name(job["data"]),
-            "transform": job["settings"].get("transform"), "settings": json.dumps(job["settings"], sort_keys=True),
+            "transform": job["settings"].get("transform"), "corruption_backend": corruption_backend_label(job),
+            "settings": json.dumps(job["settings"], sort_keys=True),
             "ellbench_version": job["version"],
             "torch": record.get("torch") or record.get("torch_version"), "timm": record.get("timm"),
             "git_commit": record.get("git_commit"), "device": record.get("device"),
@@ -56,10 +57,37 @@ def amp_of(job: dict) -> str:
     return (job.get("settings") or {}).get("amp") or "off"
 
 
+CORRUPTION_TASKS = ("corruption", "corruption-summary")
+
+
+def corruption_backend_of(job: dict) -> str | None:
+    """Who corrupted a corruption job's images: 'imagecorruptions', 'torch' or 'released' (ImageNet-C files); None
+    for other tasks. Keys of imagecorruptions jobs carry no backend (they kept their form from before torch's)."""
+    settings = job.get("settings") or {}
+    if job["task"] not in CORRUPTION_TASKS:
+        return None
+    if settings.get("source") == "imagenet-c":
+        return "released"
+    return settings.get("corruption_backend") or "imagecorruptions"
+
+
+def corruption_backend_label(job: dict) -> str | None:
+    """The backend with its version, as reports show it: 'imagecorruptions 1.1.2', 'torch torch-1', 'released'."""
+    backend = corruption_backend_of(job)
+    if backend == "imagecorruptions":
+        marker = next((part for part in str(job["data"]).split(":") if part.startswith("ic=")), None)
+        return f"imagecorruptions {marker[3:]}" if marker else backend
+    if backend == "torch":
+        return f"torch {job['settings'].get('corruption_backend_version', '')}".strip()
+    return backend
+
+
 def _row(job: dict, metric: str, label: str, value, n, *, table: str = "main", source: str = "outcomes",
          **detail) -> dict:
     if job["task"] != "profile" and amp_of(job) != "off":  # profiles name their AMP with the device
         label = f"{label} [{amp_of(job)} autocast]"
+    if corruption_backend_of(job) == "torch":  # not comparable cell for cell with imagecorruptions' numbers
+        label = f"{label} [torch corruptions]"
     return {**_job_fields(job), "metric": metric, "label": label, "table": table, "value": value, "n": n,
             "source": source, **detail}
 
@@ -273,6 +301,7 @@ def _suite_members(summary_job: dict, corruption_jobs: list[dict]) -> list[dict]
         if (job["model"], job["checkpoint"], job["seed"], amp_of(job)) == (
             summary_job["model"], summary_job["checkpoint"], summary_job["seed"], amp_of(summary_job))
         and job["settings"].get("source") == settings.get("source")
+        and corruption_backend_of(job) == corruption_backend_of(summary_job)
         and (job["settings"]["corruption"], int(job["settings"]["severity"])) in entries
         and (settings.get("source") == "imagenet-c" or clean is None or _corruption_base(job) == clean)
     ]
@@ -307,7 +336,7 @@ def _corruption_aggregate_rows(jobs: list[dict], accuracy_by_job: dict) -> list[
     for job in corruption_jobs:
         if job["id"] not in used:
             key = (job["model"], job["checkpoint"], job["seed"], _corruption_base(job), job["settings"].get("source"),
-                   amp_of(job))
+                   amp_of(job), corruption_backend_of(job))
             groups.setdefault(key, []).append(job)
     for members in groups.values():
         rows += _accuracy_by_corruption_rows(members, accuracy_by_job)
