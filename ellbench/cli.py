@@ -297,10 +297,19 @@ def _overrides(img_size: int | None, crop_pct: float | None, interpolation: str 
     return TransformOverrides(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
 
 
+def _check_checkpoint(checkpoint: str | None) -> None:
+    """A checkpoint's type, size, sidecar and (safetensors) layout, before any heavy import."""
+    _check_file(checkpoint, "checkpoint")
+    if checkpoint is not None:
+        from ellbench.models.loading import precheck_checkpoint
+
+        precheck_checkpoint(checkpoint)
+
+
 def _check_inputs(checkpoint: str | None, pretrained: bool, data: str | None = None) -> None:
     """Weights and data named on the command line, checked before any heavy import (the model name is checked when
     it is built)."""
-    _check_file(checkpoint, "checkpoint")
+    _check_checkpoint(checkpoint)
     if pretrained and checkpoint is not None:
         raise EllbenchError("give either --pretrained (timm's published weights) or --checkpoint, not both")
     from ellbench.data import check_folder, is_builtin
@@ -311,14 +320,14 @@ def _check_inputs(checkpoint: str | None, pretrained: bool, data: str | None = N
 
 def _model_and_data(model: str, data: str, *, checkpoint: str | None, pretrained: bool, data_root: str | None,
                     limit: int | None, overrides, seed: int, device: str, out_dir: Path,
-                    skip_bad_images: bool = False, amp: str = "off"):
+                    skip_bad_images: bool = False, amp: str = "off", labels: bool = True):
     """(model ready for evaluation, data set, the output folder's store): ellbench.tasks.inputs.open_model_and_data."""
     from ellbench.store import Store
     from ellbench.tasks.inputs import open_model_and_data
 
     loaded, dataset = open_model_and_data(model, data, checkpoint=checkpoint, pretrained=pretrained,
                                           data_root=data_root, limit=limit, skip_bad_images=skip_bad_images,
-                                          overrides=overrides, seed=seed, device=device, amp=amp)
+                                          overrides=overrides, seed=seed, device=device, amp=amp, labels=labels)
     return loaded, dataset, Store.in_folder(out_dir)
 
 
@@ -705,7 +714,7 @@ def collapse_command(
     loaded, dataset, store = _model_and_data(model, data, checkpoint=checkpoint, pretrained=pretrained,
                                              data_root=data_root, limit=limit, overrides=overrides, seed=seed,
                                              device=device, out_dir=out_dir, skip_bad_images=skip_bad_images,
-                                             amp=amp)
+                                             amp=amp, labels=False)  # collapse reads no labels
     job = run_collapse(store, loaded, dataset, batch_size=batch_size, seed=seed, progress=not as_json,
                        workers=workers)
     layers, values = job["settings"]["layers"], job["summary"]["collapse"]
@@ -756,7 +765,7 @@ def profile_command(
         _positive(threads, "--threads")
     _check_choice(amp, ("off", "bf16", "fp16"), "--amp")
     _check_device(device)
-    _check_file(checkpoint, "checkpoint")
+    _check_checkpoint(checkpoint)
     for name in models:
         _check_model(name)
     out_dir = _out_dir(out)

@@ -50,12 +50,13 @@ def eval_transform(loaded, overrides: TransformOverrides = NO_OVERRIDES):
 def open_model_and_data(name: str, data: str, *, checkpoint: str | None = None, pretrained: bool = False,
                         data_root: str | None = None, limit: int | None = None, skip_bad_images: bool = False,
                         overrides: TransformOverrides = NO_OVERRIDES, seed: int = 0, device: str = "cpu",
-                        amp: str = "off"):
+                        amp: str = "off", labels: bool = True):
     """(LoadedModel, data set) for `data`: a built-in set's name or an ImageNet-style folder.
 
     Folder: the model first, then the folder through its eval transform. Built-in set: the set first (served as
     stored, so transform overrides are an error), then the model sized for it when it has no weights of its own,
     and one image through the model so that a model that cannot take the set's images says so in one line.
+    With `labels` (all but label-free measurements such as collapse) the data's classes must fit the model's outputs.
     """
     from ellbench.data import check_folder, is_builtin, open_dataset
 
@@ -67,7 +68,8 @@ def open_model_and_data(name: str, data: str, *, checkpoint: str | None = None, 
         loaded = load_model(name, checkpoint=checkpoint, pretrained=pretrained, dataset=dataset, seed=seed,
                             device=device, amp=amp)
         check_model_takes(loaded, dataset)
-        check_classes(loaded, dataset)
+        if labels:
+            check_classes(loaded, dataset)
         return loaded, dataset
     check_folder(data)  # a bad path fails before the model is built
     loaded = load_model(name, checkpoint=checkpoint, pretrained=pretrained, seed=seed, device=device,
@@ -76,7 +78,8 @@ def open_model_and_data(name: str, data: str, *, checkpoint: str | None = None, 
     check_model_input(loaded, transform.input_size, "the size its eval transform makes of the folder's images")
     dataset = open_dataset(data, "test", root=data_root, limit=limit, skip_bad_images=skip_bad_images,
                            transform=transform)
-    check_classes(loaded, dataset)
+    if labels:
+        check_classes(loaded, dataset)
     return loaded, dataset
 
 
@@ -93,11 +96,11 @@ def _patch_side(module) -> int | None:
 
 
 def check_model_input(loaded, input_size, source: str) -> None:
-    """One blank image of `input_size` (C, H, W) through the model before any work; a model that cannot take it is
+    """One blank image of `input_size` ((C,) H, W) through the model before any work; a model that cannot take it is
     one line that says which --img-size would fit."""
     import torch
 
-    channels, height, width = (int(v) for v in input_size)
+    channels, height, width = (3, *input_size)[-3:]
     try:
         with torch.no_grad():
             loaded.module(torch.zeros(1, channels, height, width, device=loaded.device))
@@ -116,14 +119,15 @@ def check_model_input(loaded, input_size, source: str) -> None:
 
 
 def check_classes(loaded, dataset) -> None:
-    """The data's labels must be outputs of the model: a folder of 12 classes (or of ImageNet wnids, labels 0-999)
+    """The data's classes must be outputs of the model: a folder of 12 classes (or of ImageNet wnids, labels 0-999)
     cannot be scored by a 10-way head."""
+    from ellbench.data.folders import ImageFolderDataset
+
     outputs = getattr(loaded.timm_model, "num_classes", None)
-    labels = getattr(dataset, "labels", None)
-    needed = (max(labels) + 1) if isinstance(labels, list) and labels else getattr(dataset, "num_classes", None)
-    if not isinstance(outputs, int) or needed is None or needed <= outputs:
+    needed = getattr(dataset, "num_classes", None)
+    if not isinstance(outputs, int) or not isinstance(needed, int) or needed <= outputs:
         return
-    wnids = getattr(dataset, "num_classes", None) == 1000
+    wnids = isinstance(dataset, ImageFolderDataset) and needed == 1000
     why = "its class folders are ImageNet-1k wnids (labels 0-999)" if wnids else f"it has {needed} classes"
     raise EllbenchError(f"{dataset.name} does not fit {loaded.name}: {why}, but the model has {outputs} outputs; use a "
                         f"model (or checkpoint) with at least {needed} outputs, or a folder of at most {outputs} "
