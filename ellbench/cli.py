@@ -309,9 +309,9 @@ def _check_checkpoint(checkpoint: str | None) -> None:
 def _check_inputs(checkpoint: str | None, pretrained: bool, data: str | None = None) -> None:
     """Weights and data named on the command line, checked before any heavy import (the model name is checked when
     it is built)."""
-    _check_checkpoint(checkpoint)
     if pretrained and checkpoint is not None:
         raise EllbenchError("give either --pretrained (timm's published weights) or --checkpoint, not both")
+    _check_checkpoint(checkpoint)
     from ellbench.data import check_folder, is_builtin
 
     if data is not None and not is_builtin(data):

@@ -330,10 +330,15 @@ def construct(cls: type, model, entry: AttackEntry, kwargs: dict | None = None):
 
 
 def check_construction(cls: type, entry: AttackEntry) -> None:
-    """Build the attack around a one-parameter stand-in model: the class's own checks run before any work."""
+    """Build the attack around a one-parameter stand-in model: the class's own checks run before any work.
+
+    The stand-in's parameter is zeros, not a random init: checking must not move torch's global generator.
+    """
     import torch
 
-    construct(cls, torch.nn.Linear(1, 1), entry)
+    stand_in = torch.nn.Module()
+    stand_in.weight = torch.nn.Parameter(torch.zeros(1))
+    construct(cls, stand_in, entry)
 
 
 def load_suite(name_or_path: str | Path) -> list[AttackEntry]:
