@@ -885,8 +885,8 @@ def _out_of_memory(error: BaseException) -> str | None:
     detail = (detail[:160] + "...") if len(detail) > 160 else detail
     command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
     lower = MEMORY_HINTS.get(command, "--batch-size (or --img-size)")
-    return (f"out of memory{f' ({detail})' if detail else ''}; lower {lower} and run again (finished batches are "
-            "stored)")
+    kept = " (finished batches are stored)" if command in ("eval", "attack", "corrupt", "shift", "collapse") else ""
+    return f"out of memory{f' ({detail})' if detail else ''}; lower {lower} and run again{kept}"
 
 
 def main() -> None:
