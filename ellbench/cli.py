@@ -676,10 +676,13 @@ def shift_command(
     store = Store.in_folder(out_dir)
     job = run_shift(store, loaded, dataset, data, batch_size=batch_size, seed=seed, skip_bad_images=skip_bad_images,
                     limit=limit, transform=transform, progress=not as_json, workers=workers)
-    _show(as_json, {"model": loaded.name, "dataset": dataset, "transform": transform.describe(), "amp": amp,
-                    "summary": job["summary"], "job": job["id"]},
-          [{"model": loaded.name, "dataset": dataset, **job["summary"]}],
-          f"distribution shift ({transform.describe()}{_amp_note(amp)})")
+    skipped = int(job.get("skipped_images", 0))
+    shown = _show(as_json, {"model": loaded.name, "dataset": dataset, "transform": transform.describe(), "amp": amp,
+                            "summary": job["summary"], "job": job["id"], "skipped_images": skipped},
+                  [{"model": loaded.name, "dataset": dataset, **job["summary"]}],
+                  f"distribution shift ({transform.describe()}{_amp_note(amp)})")
+    if shown and not as_json:
+        _note_skipped(skipped)
 
 
 @app.command("collapse")
