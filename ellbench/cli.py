@@ -597,6 +597,10 @@ def corrupt_command(
         from ellbench.tasks.inputs import check_model_input
 
         check_model_input(loaded, transform.input_size, "the size its eval transform makes of ImageNet-C's images")
+        outputs = getattr(loaded.timm_model, "num_classes", 1000)
+        if outputs < 1000:
+            raise EllbenchError(f"ImageNet-C is labelled with ImageNet-1k's 1000 classes, but {loaded.name} has "
+                                f"{outputs} outputs; use a 1000-class ImageNet model")
     summary = run_corruption_suite(
         store, loaded, chosen, clean=clean, imagenet_c=imagenet_c, batch_size=batch_size, seed=seed,
         cache_dir=cache_dir, workers=workers, skip_bad_images=skip_bad_images, limit=limit, baseline=baseline,
