@@ -13,7 +13,9 @@ from ellbench._version import __version__ as __version__
 
 
 def _register_models() -> None:
-    import ellbench.models  # noqa: F401  (its @register_model decorators fill timm's registry)
+    from ellbench.models import register_families
+
+    register_families()
 
 
 class _RegisterAfterTimm(importlib.abc.MetaPathFinder):

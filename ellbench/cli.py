@@ -38,9 +38,38 @@ def _out_dir(out: Path | None) -> Path:
     return ensure_writable_dir(out if out is not None else default_out_dir())
 
 
-def _positive(value: int, name: str) -> int:
+# Bounds on sizes and seeds: a seed, a batch size or a limit is stored as an SQLite INTEGER (64-bit, signed), and a
+# batch or image far beyond these allocates more memory than any machine has before a single image is evaluated.
+MAX_SEED = 2**63 - 1
+MAX_BATCH_SIZE = 65536
+MAX_IMG_SIZE = 4096
+MAX_COUNT = 2**63 - 1
+MAX_RESAMPLES = 1_000_000
+
+
+def _positive(value: int, name: str, most: int = MAX_COUNT) -> int:
     if value <= 0:
         raise EllbenchError(f"{name} must be positive, got {value}")
+    if value > most:
+        raise EllbenchError(f"{name} must be at most {most}, got {value}")
+    return value
+
+
+def _check_seed(seed: int, name: str = "--seed") -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise EllbenchError(f"{name} must be between 0 and 2**63-1, got {seed}")
+    return seed
+
+
+def _finite(value: float, name: str, *, low: float = 0.0, low_inclusive: bool = True,
+            high: float | None = None) -> float:
+    """A finite float option at least `low` (or above it), below `high` when given: nan and inf are refused."""
+    import math
+
+    if not math.isfinite(value) or value < low or (value == low and not low_inclusive) \
+            or (high is not None and value >= high):
+        bound = f"{'>=' if low_inclusive else '>'} {low:g}" + (f" and < {high:g}" if high is not None else "")
+        raise EllbenchError(f"{name} must be a finite number {bound}, got {value}")
     return value
 
 
@@ -141,6 +170,13 @@ def train_command(
     _single_process("train")
     seed_list = _parse_seeds(seeds)
     _positive(epochs, "--epochs")
+    _positive(batch_size, "--batch-size", MAX_BATCH_SIZE)
+    if limit is not None:
+        _positive(limit, "--limit")
+    _finite(lr, "--lr", low_inclusive=False)
+    _finite(weight_decay, "--weight-decay")
+    _finite(warmup_epochs, "--warmup-epochs")
+    _finite(label_smoothing, "--label-smoothing", high=1.0)
     _check_device(device)
     out_dir = _out_dir(out) / "checkpoints"
     from ellbench.data import BUILTIN_DATASETS
@@ -237,9 +273,8 @@ INTERPOLATION_HELP = ("Image folders: resize interpolation, e.g. bilinear or bic
 
 
 def _check_common(batch_size: int, seed: int, limit: int | None) -> None:
-    _positive(batch_size, "--batch-size")
-    if seed < 0:
-        raise EllbenchError(f"--seed must be non-negative, got {seed}")
+    _positive(batch_size, "--batch-size", MAX_BATCH_SIZE)
+    _check_seed(seed)
     if limit is not None:
         _positive(limit, "--limit")
 
@@ -255,19 +290,28 @@ def _overrides(img_size: int | None, crop_pct: float | None, interpolation: str 
     from ellbench.tasks.inputs import TransformOverrides
 
     if img_size is not None:
-        _positive(img_size, "--img-size")
+        _positive(img_size, "--img-size", MAX_IMG_SIZE)
     if crop_pct is not None and not 0 < crop_pct <= 1:
         raise EllbenchError(f"--crop-pct must be in (0, 1], got {crop_pct}")
     _check_choice(interpolation, INTERPOLATIONS, "--interpolation")
     return TransformOverrides(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
 
 
+def _check_checkpoint(checkpoint: str | None) -> None:
+    """A checkpoint's type, size, sidecar and (safetensors) layout, before any heavy import."""
+    _check_file(checkpoint, "checkpoint")
+    if checkpoint is not None:
+        from ellbench.models.loading import precheck_checkpoint
+
+        precheck_checkpoint(checkpoint)
+
+
 def _check_inputs(checkpoint: str | None, pretrained: bool, data: str | None = None) -> None:
     """Weights and data named on the command line, checked before any heavy import (the model name is checked when
     it is built)."""
-    _check_file(checkpoint, "checkpoint")
     if pretrained and checkpoint is not None:
         raise EllbenchError("give either --pretrained (timm's published weights) or --checkpoint, not both")
+    _check_checkpoint(checkpoint)
     from ellbench.data import check_folder, is_builtin
 
     if data is not None and not is_builtin(data):
@@ -276,14 +320,14 @@ def _check_inputs(checkpoint: str | None, pretrained: bool, data: str | None = N
 
 def _model_and_data(model: str, data: str, *, checkpoint: str | None, pretrained: bool, data_root: str | None,
                     limit: int | None, overrides, seed: int, device: str, out_dir: Path,
-                    skip_bad_images: bool = False, amp: str = "off"):
+                    skip_bad_images: bool = False, amp: str = "off", labels: bool = True):
     """(model ready for evaluation, data set, the output folder's store): ellbench.tasks.inputs.open_model_and_data."""
     from ellbench.store import Store
     from ellbench.tasks.inputs import open_model_and_data
 
     loaded, dataset = open_model_and_data(model, data, checkpoint=checkpoint, pretrained=pretrained,
                                           data_root=data_root, limit=limit, skip_bad_images=skip_bad_images,
-                                          overrides=overrides, seed=seed, device=device, amp=amp)
+                                          overrides=overrides, seed=seed, device=device, amp=amp, labels=labels)
     return loaded, dataset, Store.in_folder(out_dir)
 
 
@@ -315,6 +359,16 @@ def _print_rows(rows: list[dict], title: str) -> None:
     for row in rows:
         table.add_row(*[format_cell(value) for value in row.values()])
     Console().print(table)
+
+
+def _skipped(dataset) -> int:
+    """How many unreadable images --skip-bad-images left out of `dataset`."""
+    return int(getattr(dataset, "skipped", 0) or 0)
+
+
+def _note_skipped(count: int) -> None:
+    if count:
+        typer.echo(f"note: {count} unreadable images were skipped (--skip-bad-images)")
 
 
 def _transform_of(dataset) -> str:
@@ -377,10 +431,11 @@ def eval_command(
               "data": dataset.fingerprint, "transform": _transform_of(dataset), "amp": amp, "n": summary["n"],
               "top1": 100.0 * summary["accuracy"], "top5": 100.0 * summary.get("top5_accuracy", float("nan")),
               "loss": summary.get("loss"), "job": job["id"], "logits": job.get("logits"),
-              "skipped_images": getattr(dataset, "skipped", 0)}
+              "skipped_images": _skipped(dataset)}
     shown = _show(as_json, result, [{"model": loaded.name, "n": summary["n"], "top-1 %": result["top1"],
                                      "top-5 %": result["top5"], "loss": result["loss"]}], _title(loaded, dataset))
     if shown and not as_json:
+        _note_skipped(result["skipped_images"])
         typer.echo(f"weights: {loaded.weights} ({loaded.checkpoint_id[:19]})")
         if job.get("logits"):
             typer.echo(f"logits written to {job['logits']}")
@@ -409,6 +464,7 @@ def attack_command(
                                  "[0, 1]) or paper (normalised space, no clipping, the model's own predictions)."),
     limit: int = typer.Option(None, help="Attack the first N examples only."),
     batch_size: int = typer.Option(64, help="Examples per batch (part of the job key: random starts are per batch)."),
+    skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted) instead of stopping."),
     workers: int = typer.Option(None, help=WORKERS_HELP),
     amp: str = typer.Option("off", help=AMP_HELP),
     seed: int = typer.Option(0, help=SEED_HELP),
@@ -447,7 +503,8 @@ def attack_command(
 
     loaded, dataset, store = _model_and_data(model, data, checkpoint=checkpoint, pretrained=pretrained,
                                              data_root=data_root, limit=limit, overrides=overrides, seed=seed,
-                                             device=device, out_dir=out_dir, amp=amp)
+                                             device=device, out_dir=out_dir, skip_bad_images=skip_bad_images,
+                                             amp=amp)
     with LoaderPool() as loaders:  # the clean and every attack job share the loader's worker processes
         clean = run_clean(store, loaded, dataset, batch_size=batch_size, seed=seed, progress=not as_json,
                           workers=workers, loaders=loaders)
@@ -461,9 +518,10 @@ def attack_command(
                      "top5_accuracy": job["summary"].get("robust_top5_accuracy"), "n": job["summary"]["n"]})
     shown = _show(as_json, {"model": loaded.name, "checkpoint": loaded.checkpoint_id, "data": dataset.fingerprint,
                             "transform": _transform_of(dataset), "amp": amp, "results": rows,
-                            "checks": result["checks"]},
+                            "checks": result["checks"], "skipped_images": _skipped(dataset)},
                   rows, _title(loaded, dataset))
     if shown and not as_json:
+        _note_skipped(_skipped(dataset))
         for check in result["checks"]:
             if check["status"] != "ok":
                 typer.echo(f"trust check {check['status']}: {check['check']}: {check['detail']}", err=True)
@@ -518,6 +576,9 @@ def corrupt_command(
 
     _check_choice(corruption_backend, BACKENDS, "--corruption-backend")
     overrides = _overrides(img_size, crop_pct, interpolation)
+    if data is not None and imagenet_c is not None:
+        raise EllbenchError("choose one source of corrupted images: --data (clean images, corrupted here) or "
+                            "--imagenet-c (the released ImageNet-C), not both")
     _check_inputs(checkpoint, pretrained, data)
     from ellbench.corruptions.suite import load_suite
 
@@ -543,6 +604,14 @@ def corrupt_command(
                             overrides=overrides, amp=amp)
         store = Store.in_folder(out_dir)
     transform = eval_transform(loaded, overrides) if imagenet_c is not None else None
+    if transform is not None:
+        from ellbench.tasks.inputs import check_model_input
+
+        check_model_input(loaded, transform.input_size, "the size its eval transform makes of ImageNet-C's images")
+        outputs = getattr(loaded.timm_model, "num_classes", 1000)
+        if outputs < 1000:
+            raise EllbenchError(f"ImageNet-C is labelled with ImageNet-1k's 1000 classes, but {loaded.name} has "
+                                f"{outputs} outputs; use a 1000-class ImageNet model")
     summary = run_corruption_suite(
         store, loaded, chosen, clean=clean, imagenet_c=imagenet_c, batch_size=batch_size, seed=seed,
         cache_dir=cache_dir, workers=workers, skip_bad_images=skip_bad_images, limit=limit, baseline=baseline,
@@ -608,19 +677,27 @@ def shift_command(
         raise EllbenchError(f"data folder {data} not found")
     out_dir = _out_dir(out)
     from ellbench.store import Store
-    from ellbench.tasks.inputs import eval_transform, load_model
+    from ellbench.tasks.inputs import check_model_input, eval_transform, load_model
     from ellbench.tasks.shift import run_shift
 
     loaded = load_model(model, checkpoint=checkpoint, pretrained=pretrained, seed=seed, device=device,
                         overrides=overrides, amp=amp)
-    store = Store.in_folder(out_dir)
     transform = eval_transform(loaded, overrides)
+    check_model_input(loaded, transform.input_size, f"the size its eval transform makes of {dataset}'s images")
+    outputs = getattr(loaded.timm_model, "num_classes", 1000)
+    if outputs != 1000:
+        raise EllbenchError(f"{dataset} is scored on ImageNet-1k's classes, but {loaded.name} has {outputs} outputs; "
+                            "use a 1000-class ImageNet model")
+    store = Store.in_folder(out_dir)
     job = run_shift(store, loaded, dataset, data, batch_size=batch_size, seed=seed, skip_bad_images=skip_bad_images,
                     limit=limit, transform=transform, progress=not as_json, workers=workers)
-    _show(as_json, {"model": loaded.name, "dataset": dataset, "transform": transform.describe(), "amp": amp,
-                    "summary": job["summary"], "job": job["id"]},
-          [{"model": loaded.name, "dataset": dataset, **job["summary"]}],
-          f"distribution shift ({transform.describe()}{_amp_note(amp)})")
+    skipped = int(job.get("skipped_images", 0))
+    shown = _show(as_json, {"model": loaded.name, "dataset": dataset, "transform": transform.describe(), "amp": amp,
+                            "summary": job["summary"], "job": job["id"], "skipped_images": skipped},
+                  [{"model": loaded.name, "dataset": dataset, **job["summary"]}],
+                  f"distribution shift ({transform.describe()}{_amp_note(amp)})")
+    if shown and not as_json:
+        _note_skipped(skipped)
 
 
 @app.command("collapse")
@@ -635,6 +712,7 @@ def collapse_command(
     interpolation: str = typer.Option(None, help=INTERPOLATION_HELP),
     limit: int = typer.Option(None, help="Use the first N examples only."),
     batch_size: int = typer.Option(64, help="Examples per batch."),
+    skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted) instead of stopping."),
     workers: int = typer.Option(None, help=WORKERS_HELP),
     amp: str = typer.Option("off", help=AMP_HELP),
     seed: int = typer.Option(0, help=SEED_HELP),
@@ -653,14 +731,18 @@ def collapse_command(
 
     loaded, dataset, store = _model_and_data(model, data, checkpoint=checkpoint, pretrained=pretrained,
                                              data_root=data_root, limit=limit, overrides=overrides, seed=seed,
-                                             device=device, out_dir=out_dir, amp=amp)
+                                             device=device, out_dir=out_dir, skip_bad_images=skip_bad_images,
+                                             amp=amp, labels=False)  # collapse reads no labels
     job = run_collapse(store, loaded, dataset, batch_size=batch_size, seed=seed, progress=not as_json,
                        workers=workers)
     layers, values = job["settings"]["layers"], job["summary"]["collapse"]
-    _show(as_json, {"model": loaded.name, "job": job["id"], "amp": amp,
-                    "layers": dict(zip(layers, values, strict=True))},
-          [{"layer": name, "mean cosine similarity": value} for name, value in zip(layers, values, strict=True)],
-          f"representation collapse of {loaded.name} on {dataset.name}{_amp_note(amp)}")
+    shown = _show(as_json, {"model": loaded.name, "job": job["id"], "amp": amp,
+                            "layers": dict(zip(layers, values, strict=True)), "skipped_images": _skipped(dataset)},
+                  [{"layer": name, "mean cosine similarity": value}
+                   for name, value in zip(layers, values, strict=True)],
+                  f"representation collapse of {loaded.name} on {dataset.name}{_amp_note(amp)}")
+    if shown and not as_json:
+        _note_skipped(_skipped(dataset))
 
 
 @app.command("profile")
@@ -688,7 +770,10 @@ def profile_command(
 ):
     """Throughput, latency, peak memory, FLOPs (attention counted the same way for every model) and parameters."""
     _single_process("profile")
-    _positive(batch_size, "--batch-size")
+    _check_seed(seed)
+    _positive(batch_size, "--batch-size", MAX_BATCH_SIZE)
+    if img_size is not None:
+        _positive(img_size, "--img-size", MAX_IMG_SIZE)
     _positive(repeats, "--repeats")
     _positive(steps, "--steps")
     _positive(latency_steps, "--latency-steps")
@@ -698,7 +783,7 @@ def profile_command(
         _positive(threads, "--threads")
     _check_choice(amp, ("off", "bf16", "fp16"), "--amp")
     _check_device(device)
-    _check_file(checkpoint, "checkpoint")
+    _check_checkpoint(checkpoint)
     for name in models:
         _check_model(name)
     out_dir = _out_dir(out)
@@ -744,7 +829,8 @@ def report_command(
         _check_choice(part, ("md", "csv", "png"), "format")
     if not formats:
         raise EllbenchError("--format needs at least one of md, csv, png")
-    _positive(resamples, "--resamples")
+    _positive(resamples, "--resamples", MAX_RESAMPLES)
+    _check_seed(seed)
     pairs = []
     for text in compare or []:
         parts = [part.strip() for part in text.split(",")]
@@ -787,8 +873,8 @@ def _parse_seeds(text: str) -> list[int]:
         seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
         raise EllbenchError(f"--seeds must be comma-separated integers, got {text!r}") from exc
-    if not seeds or any(seed < 0 for seed in seeds):
-        raise EllbenchError(f"--seeds must be non-negative integers, got {text!r}")
+    if not seeds or any(not 0 <= seed <= MAX_SEED for seed in seeds):
+        raise EllbenchError(f"--seeds must be integers between 0 and 2**63-1, got {text!r}")
     return seeds
 
 
@@ -801,6 +887,24 @@ def _check_model(name: str) -> None:
 
 
 INTERRUPTED = "error: interrupted{how}; every finished batch is stored, run the same command again to resume\n"
+# What to lower when a command runs out of memory, by command.
+MEMORY_HINTS = {"profile": "--batch-size or --img-size", "report": "--resamples", "train": "--batch-size",
+                "corrupt": "--batch-size or --workers", "demo": "--limit"}
+
+
+def _out_of_memory(error: BaseException) -> str | None:
+    """The one line for an allocation failure (MemoryError, torch.OutOfMemoryError, torch's CPU allocator refusing),
+    or None when `error` is something else."""
+    text = str(error).strip()
+    if not isinstance(error, MemoryError) and type(error).__name__ != "OutOfMemoryError" \
+            and "out of memory" not in text.lower() and "DefaultCPUAllocator" not in text:
+        return None
+    detail = next((line.strip() for line in text.splitlines() if "allocat" in line or "memory" in line), "")
+    detail = (detail[:160] + "...") if len(detail) > 160 else detail
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
+    lower = MEMORY_HINTS.get(command, "--batch-size (or --img-size)")
+    kept = " (finished batches are stored)" if command in ("eval", "attack", "corrupt", "shift", "collapse") else ""
+    return f"out of memory{f' ({detail})' if detail else ''}; lower {lower} and run again{kept}"
 
 
 def main() -> None:
@@ -841,6 +945,12 @@ def main() -> None:
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
         interrupted()
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        message = _out_of_memory(exc)
+        if message is None:
+            raise  # a bug keeps its traceback
+        sys.stderr.write(f"error: {' '.join(message.split())}\n")
+        sys.exit(2)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     if code == 130:  # typer turns a Ctrl-C inside a command into exit code 130 without a word

@@ -104,6 +104,11 @@ class ProgressBar:
             self.progress.__exit__(exc_type, exc, tb)
         return False
 
+    def update(self, completed: float) -> None:
+        """Set how much is done (a fraction of a step shows progress within it)."""
+        if self.enabled:
+            self.progress.update(self.task, completed=completed)
+
     def advance(self, steps: float = 1, info: str | None = None) -> None:
         if self.enabled:
             fields = {} if info is None else {"info": info}

@@ -210,6 +210,21 @@ def model_image_size(model: nn.Module, img_size: int | None) -> int:
     return int(timm.data.resolve_model_data_config(model)["input_size"][-1])
 
 
+def check_takes(model: nn.Module, side: int, name: str) -> None:
+    """One blank image through the model before anything is timed: a size it cannot take is one line naming a fix."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, side, side))
+    except (RuntimeError, AssertionError, ValueError) as error:
+        if isinstance(error, torch.OutOfMemoryError):
+            raise
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+        hint = f"; choose an --img-size that is a multiple of its patch size {patch[0]}" \
+            if isinstance(patch, tuple | list) and patch else "; choose another --img-size"
+        raise EllbenchError(f"{name} cannot take {side}x{side} images: {first}{hint}") from None
+
+
 def random_images(batch_size: int, img_size: int, seed: int) -> torch.Tensor:
     """Uniform [0, 1] images [B,3,S,S] from a seeded generator."""
     generator = torch.Generator().manual_seed(seed)
@@ -471,6 +486,7 @@ def profile_model(
         if fused_attn is not None:
             set_fused_attention(model, fused_attn)
         side = model_image_size(model, img_size)
+        check_takes(model, side, name)
         result = _describe(model, build, side, torch_device, amp, compile, batch_size)
         result |= dict(warmup=warmup, steps=steps, repeats=repeats)
         allocated_before_model = torch.cuda.memory_allocated(torch_device) if torch_device.type == "cuda" else 0

@@ -43,6 +43,9 @@ class Batch:
     indices: object  # torch.Tensor [B] (CPU, int64)
     images: object  # torch.Tensor [B, 3, H, W] in [0, 1]
     labels: object  # torch.Tensor [B]
+    # Report how much of this batch is done (a fraction in [0, 1)): long per-batch work (an attack of many steps)
+    # moves the progress bar, and its ETA, before the batch ends. The runner sets it; by default it does nothing.
+    progress: Callable[[float], None] = dataclasses.field(default=lambda fraction: None, repr=False)
 
 
 @dataclasses.dataclass
@@ -333,7 +336,11 @@ def run(store: Store, spec: JobSpec, *, progress: bool = True, loaders: LoaderPo
     writer = distributed.is_writer()
     workers = spec.loader_workers if spec.loader_workers is not None \
         else default_loader_workers(spec.dataset, spec.device)
-    record = provenance(spec.device, loader_workers=workers, **spec.provenance)
+    extra = dict(spec.provenance)
+    skipped = int(getattr(spec.dataset, "skipped", 0) or 0)
+    if skipped:
+        extra.setdefault("skipped_images", skipped)  # unreadable images --skip-bad-images left out
+    record = provenance(spec.device, loader_workers=workers, **extra)
     job = store.open_job(spec.key, total=total, batch_size=spec.batch_size, provenance=record) if writer else None
     job_id, status, done = distributed.broadcast_object(
         (job["id"], job["status"], store.done_batches(job["id"]) if job["status"] != "done" else set())
@@ -345,11 +352,19 @@ def run(store: Store, spec: JobSpec, *, progress: bool = True, loaders: LoaderPo
     try:
         with ProgressBar(spec.description or spec.key["task"], n_batches, completed=len(done), unit="batches",
                          enabled=progress and writer) as bar:
-            for batch, rows in evaluate_batches(spec.dataset, todo, spec.batch_size, spec.evaluate,
+            finished = [len(done)]
+
+            def evaluate(batch: Batch) -> list[dict]:
+                if bar.enabled:
+                    batch.progress = lambda fraction: bar.update(completed=finished[0] + min(max(fraction, 0), 0.99))
+                return spec.evaluate(batch)
+
+            for batch, rows in evaluate_batches(spec.dataset, todo, spec.batch_size, evaluate,
                                                 device=spec.device, loader_workers=workers, loaders=loaders):
                 if writer:
                     store.commit_batch(job_id, batch, rows)
-                bar.advance()
+                finished[0] += 1
+                bar.update(completed=finished[0])
     except BaseException:
         if writer:
             store.end_attempt(job_id, "interrupted")

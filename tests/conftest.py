@@ -62,3 +62,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+HEAVY_MODULES = ("torch", "timm", "torchattacks", "pandas", "matplotlib", "imagecorruptions", "sklearn")
+
+
+@pytest.fixture
+def light_env(subprocess_env, tmp_path):
+    """Child environment where importing any heavy package fails at once: an answer given there came before them."""
+    poison = tmp_path / "heavy-imports-fail"
+    for name in HEAVY_MODULES:
+        (poison / name).mkdir(parents=True, exist_ok=True)
+        (poison / name / "__init__.py").write_text(f"raise ImportError('heavy import of {name}')\n")
+    subprocess_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(poison), subprocess_env.get("PYTHONPATH")]))
+    return subprocess_env

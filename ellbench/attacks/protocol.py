@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ellbench.attacks.suite import PAPER_INPUT_UNITS, PAPER_NATIVE, AttackEntry, attack_class
+from ellbench.attacks.suite import PAPER_INPUT_UNITS, PAPER_NATIVE, AttackEntry, attack_class, construct
 from ellbench.errors import EllbenchError
 from ellbench.models.amp import autocast_logits
 
@@ -83,7 +83,7 @@ def make_attack(model: nn.Module, entry: AttackEntry) -> Callable:
     if entry.attack in PAPER_NATIVE:
         # ellbench's reproduction of cleverhans' SPSA runs on z itself: its quirk (an estimate around 2z) is defined in
         # normalised units, and it never clips, so no change of coordinates is needed (or would be faithful).
-        native = cls(model.model, **kwargs)
+        native = construct(cls, model.model, entry, kwargs)
 
         def run_native(images: torch.Tensor, labels: torch.Tensor) -> AttackOutcome:
             with torch.no_grad():
@@ -105,7 +105,7 @@ def make_attack(model: nn.Module, entry: AttackEntry) -> Callable:
         kwargs = {k: (v / scale if k in units else v) for k, v in kwargs.items()}
     else:
         attacked = model
-    attack = cls(attacked, **kwargs)
+    attack = construct(cls, attacked, entry, kwargs)
 
     def run(images: torch.Tensor, labels: torch.Tensor) -> AttackOutcome:
         with torch.no_grad():

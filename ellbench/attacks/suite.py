@@ -50,6 +50,22 @@ WHOLE_NUMBER_SETTINGS = COUNT_SETTINGS | {"seed", "n_classes", "pixels", "popsiz
                                           "len_kernel"}
 # torchattacks classes that cannot be built from keyword settings alone (they need other attacks or a train loader).
 NOT_FROM_SETTINGS = {"MultiAttack", "LGV"}
+# Settings that take one of a few words, as each class's docstring lists them (torchattacks/attacks/apgd.py,
+# apgdt.py, fab.py, square.py, upgd.py, autoattack.py, tifgsm.py, pgdrs.py, pixle.py). torchattacks checks most of them
+# only when the attack runs (APGD asserts its norm mid-attack) or never (Square's unknown loss falls through).
+CHOICE_SETTINGS = {
+    ("APGD", "norm"): ("Linf", "L2"), ("APGD", "loss"): ("ce", "dlr"),
+    ("APGDT", "norm"): ("Linf", "L2"),
+    ("FAB", "norm"): ("Linf", "L2", "L1"),
+    ("Square", "norm"): ("Linf", "L2"), ("Square", "loss"): ("margin", "ce"),
+    ("UPGD", "loss"): ("ce", "margin", "dlr"),
+    ("AutoAttack", "norm"): ("Linf", "L2"), ("AutoAttack", "version"): ("standard", "plus", "rand"),
+    ("TIFGSM", "kernel_name"): ("gaussian", "linear", "uniform"),
+    ("PGDRS", "noise_type"): ("guassian", "uniform"), ("PGDRSL2", "noise_type"): ("guassian", "uniform"),
+    ("Pixle", "pixel_mapping"): ("random", "similarity", "similarity_random", "distance", "distance_random"),
+}
+# What a class raises when its constructor refuses an argument.
+CONSTRUCTION_ERRORS = (AssertionError, ValueError, TypeError, KeyError, IndexError)
 SUITE_KEYS = {"description", "protocol", "eps", "attacks"}
 ATTACK_KEYS = {"class", "name", "protocol", "eps", "params", "per_eps"}
 
@@ -182,6 +198,25 @@ def _class_defaults(cls: type) -> dict:
     return {p.name: p.default for p in parameters if p.name not in NOT_SETTINGS}
 
 
+# Settings whose product is about how many forward passes an attack makes per batch: iterations, restarts, EOT samples.
+ITERATION_SETTINGS = ("steps", "nb_iter", "max_iterations", "n_queries")
+REPEAT_SETTINGS = ("n_restarts", "restarts", "eot_iter", "spsa_iters")
+
+
+def forward_passes(entry: AttackEntry) -> int | None:
+    """Roughly how many forward passes `entry`'s attack makes per batch (iterations x restarts x EOT samples), for
+    progress within a batch; None for attacks without an iteration count (one-step attacks)."""
+    settings = {**_class_defaults(attack_class(entry.attack)), **entry.params}
+    iterations = [settings[key] for key in ITERATION_SETTINGS if isinstance(settings.get(key), int)]
+    if not iterations:
+        return None
+    total = iterations[0]
+    for key in REPEAT_SETTINGS:
+        if isinstance(settings.get(key), int) and not isinstance(settings.get(key), bool) and settings[key] > 1:
+            total *= settings[key]
+    return max(1, total)
+
+
 def _check_setting(attack: str, key: str, value, default) -> object:
     """Validate one setting against the class's default's type and ellbench's range rules; return it normalised."""
     if isinstance(value, PerEps):
@@ -194,6 +229,15 @@ def _check_setting(attack: str, key: str, value, default) -> object:
         if not isinstance(value, bool):
             raise EllbenchError(f"{attack} setting {key} must be true or false, got {value!r}")
         return value
+    choices = CHOICE_SETTINGS.get((attack, key))
+    if choices is not None and value not in choices:
+        raise EllbenchError(f"{attack} setting {key} must be one of {', '.join(choices)}, got {value!r}")
+    if isinstance(default, tuple | list):  # e.g. Pixle's patch sizes: one number or a list of numbers
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                                for v in items):
+            raise EllbenchError(f"{attack} setting {key} must be a number or a list of numbers, got {value!r}")
+        return value
     if key in WHOLE_NUMBER_SETTINGS:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -205,6 +249,8 @@ def _check_setting(attack: str, key: str, value, default) -> object:
             raise EllbenchError(f"{attack} setting {key} must be a number, got {value!r}")
     elif isinstance(default, str) and not isinstance(value, str):
         raise EllbenchError(f"{attack} setting {key} must be text, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EllbenchError(f"{attack} setting {key} must be a finite number, got {value!r}")
     if key in COUNT_SETTINGS and value < 1:
         raise EllbenchError(f"{attack} setting {key} must be at least 1, got {value}")
     if key in POSITIVE_SETTINGS and not value > 0:
@@ -245,17 +291,54 @@ def make_entries(attack: str, params: dict, *, protocol: str = "standard", name:
             raise EllbenchError(f"{attack} takes no eps budget")
         if any(isinstance(v, PerEps) for v in checked.values()):
             raise EllbenchError(f"{attack} takes no eps, so no setting can be a multiple of eps")
-        return [AttackEntry(name or attack, attack, protocol, None, checked, suite)]
-    if eps is None or (isinstance(eps, list) and not eps):
-        raise EllbenchError(f"{attack} needs a budget, e.g. eps=4/255")
-    budgets = [parse_eps(e) for e in (eps if isinstance(eps, list) else [eps])]
-    if len(set(budgets)) != len(budgets):
-        raise EllbenchError(f"{attack}: the same eps is listed twice")
-    return [
-        AttackEntry(name or attack, attack, protocol, budget,
-                    {k: (v.factor * budget if isinstance(v, PerEps) else v) for k, v in checked.items()}, suite)
-        for budget in budgets
-    ]
+        entries = [AttackEntry(name or attack, attack, protocol, None, checked, suite)]
+    else:
+        if eps is None or (isinstance(eps, list) and not eps):
+            raise EllbenchError(f"{attack} needs a budget, e.g. eps=4/255")
+        budgets = [parse_eps(e) for e in (eps if isinstance(eps, list) else [eps])]
+        if len(set(budgets)) != len(budgets):
+            raise EllbenchError(f"{attack}: the same eps is listed twice")
+        entries = [
+            AttackEntry(name or attack, attack, protocol, budget,
+                        {k: (v.factor * budget if isinstance(v, PerEps) else v) for k, v in checked.items()}, suite)
+            for budget in budgets
+        ]
+    for entry in entries:
+        check_construction(cls, entry)
+    return entries
+
+
+def construct(cls: type, model, entry: AttackEntry, kwargs: dict | None = None):
+    """`cls(model, **kwargs)` (default: the entry's settings); an argument the class refuses is a one-line error
+    naming the setting (found by building the class with each setting alone)."""
+    kwargs = entry.kwargs() if kwargs is None else kwargs
+    try:
+        return cls(model, **kwargs)
+    except EllbenchError:
+        raise
+    except CONSTRUCTION_ERRORS as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        base = {"eps": kwargs["eps"]} if "eps" in kwargs else {}
+        culprit = None
+        for key, value in kwargs.items():
+            try:
+                cls(model, **{**base, key: value})
+            except CONSTRUCTION_ERRORS:
+                culprit = f"setting {key}={value!r}"
+                break
+        raise EllbenchError(f"{entry.attack} refuses {culprit or 'its settings'}: {first}") from None
+
+
+def check_construction(cls: type, entry: AttackEntry) -> None:
+    """Build the attack around a one-parameter stand-in model: the class's own checks run before any work.
+
+    The stand-in's parameter is zeros, not a random init: checking must not move torch's global generator.
+    """
+    import torch
+
+    stand_in = torch.nn.Module()
+    stand_in.weight = torch.nn.Parameter(torch.zeros(1))
+    construct(cls, stand_in, entry)
 
 
 def load_suite(name_or_path: str | Path) -> list[AttackEntry]:

@@ -10,11 +10,13 @@ for a model of another size.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,21 +170,41 @@ def generate_cached(sources: Iterable[Path], settings: GenerationSettings, cache
     workers = max(1, min(workers or os.cpu_count() or 1, len(missing) or 1))
     if workers == 1:
         for done, (target, source) in enumerate(missing, 1):
-            _generate_into_cache(source, target, settings)
+            with _naming_the_image(source, settings):
+                _generate_into_cache(source, target, settings)
             if progress:
                 progress(done, len(missing))
         return targets
     with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(), initializer=_one_torch_thread) as pool:
-        futures = [pool.submit(_generate_into_cache, source, target, settings) for target, source in missing]
+        futures = {pool.submit(_generate_into_cache, source, target, settings): source for target, source in missing}
         try:
             for done, future in enumerate(as_completed(futures), 1):
-                future.result()  # re-raises a worker's EllbenchError (naming the bad file) here
+                with _naming_the_image(futures[future], settings):
+                    future.result()  # re-raises a worker's error here
                 if progress:
                     progress(done, len(missing))
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)  # stop at the first failure; finished files stay cached
             raise
     return targets
+
+
+@contextlib.contextmanager
+def _naming_the_image(source: str, settings: GenerationSettings):
+    """A failure while generating one image becomes one line naming the image and the corruption (a worker's own
+    error arrives with its remote traceback attached; an EllbenchError, e.g. an unreadable image, already names it)."""
+    try:
+        yield
+    except EllbenchError:
+        raise
+    except BrokenProcessPool as error:
+        raise EllbenchError(f"a worker process died while generating {settings.corruption} severity "
+                            f"{settings.severity} (from {source} or another image): {error}; lower --workers (each "
+                            "worker holds images in memory) and run again, finished images stay cached") from None
+    except Exception as error:  # noqa: BLE001  (any failure of the corruption code: one line, not a remote traceback)
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise EllbenchError(f"generating {settings.corruption} severity {settings.severity} from {source} failed: "
+                            f"{type(error).__name__}: {first}") from None
 
 
 def _read_source(path: Path) -> bytes:

@@ -129,7 +129,8 @@ def model_eval_transform(model, *, img_size: int | None = None, crop_pct: float 
     try:
         config = resolve_input_data_config(model, args, use_test_size=True)
     except (ValueError, AssertionError) as error:
-        raise EllbenchError(f"cannot evaluate {type(model).__name__} at the asked size: {error}") from None
+        raise EllbenchError(f"cannot evaluate {type(model).__name__} at the asked size: {error}; pass the --img-size "
+                            "it was built for, or leave --img-size out") from None
     return EvalTransform.from_data_config(config)
 
 

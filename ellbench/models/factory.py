@@ -5,7 +5,9 @@ are timm's published weights (`pretrained=True`, or a name with a tag such as de
 timm loads from the Hugging Face cache or the hub.
 """
 
+import contextlib
 import difflib
+import logging
 import os
 
 import timm
@@ -121,9 +123,13 @@ def build_model(
         model_kwargs["img_size"] = img_size
     if input_size is not None:
         try:
-            arguments = resolve_model_input_args(name, {"img_size": input_size}, **model_kwargs)
+            with _quiet_timm_builder():  # a model without a registered pretrained cfg (the micro ones) gets a warning
+                arguments = resolve_model_input_args(name, {"img_size": input_size}, **model_kwargs)
         except ValueError as error:
-            raise EllbenchError(f"cannot evaluate {name} at {input_size} px: {_first_line(error)}") from None
+            built = model_kwargs.get("img_size")
+            hint = f"; these weights are for {built} px: pass --img-size {built} or leave it out" \
+                if isinstance(built, int) else ""
+            raise EllbenchError(f"cannot evaluate {name} at {input_size} px: {_first_line(error)}{hint}") from None
         model_kwargs = {key: value for key, value in arguments.items() if key not in ("model_name", "pretrained_cfg")}
 
     with torch.random.fork_rng(devices=[]):
@@ -135,6 +141,19 @@ def build_model(
     if state_dict is not None:
         _load_strictly(model, state_dict, f"{context} does not fit {name}")
     return NormalizedModel(model).eval()
+
+
+@contextlib.contextmanager
+def _quiet_timm_builder():
+    """timm's builder logs 'No pretrained configuration specified ... Using a default' to stderr for models without a
+    registered pretrained cfg; ellbench's output is its own table and one-line errors."""
+    logger = logging.getLogger("timm.models._builder")
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def _create(name: str, pretrained: bool, model_kwargs: dict) -> nn.Module:

@@ -114,6 +114,51 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, _unwrap(state, path), meta, hashlib.sha256(data).hexdigest())
 
 
+def precheck_checkpoint(path: str | Path) -> None:
+    """What can be checked of a checkpoint without torch, so that a bad file fails before any heavy import: its type,
+    that it is not empty, its sidecar, and a safetensors file's header and length. read_checkpoint checks it all."""
+    path = Path(path)
+    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise EllbenchError(f"checkpoint {path} has an unknown type; use one of {', '.join(CHECKPOINT_SUFFIXES)}")
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise EllbenchError(f"checkpoint {path} not found ({error.strerror or error})") from None
+    if not size:
+        raise EllbenchError(f"checkpoint {path} is empty (0 bytes)")
+    read_sidecar(path)
+    if path.suffix.lower() == ".safetensors":
+        _check_safetensors_layout(path, size)
+
+
+def _check_safetensors_layout(path: Path, size: int) -> None:
+    """The safetensors layout: 8 bytes of header length, a JSON header, then every tensor's bytes, ending at the
+    file's end (huggingface/safetensors, the format's README)."""
+    def broken(why: str) -> EllbenchError:
+        return EllbenchError(f"checkpoint {path} is not a readable safetensors file: {why}")
+
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise broken(f"{size} bytes, shorter than the 8-byte header length")
+            header_length = int.from_bytes(prefix, "little")
+            if header_length > size - 8:
+                raise broken(f"the header claims {header_length} bytes, the file has {size - 8} after the length")
+            header = json.loads(handle.read(header_length))
+    except OSError as error:
+        raise EllbenchError(f"checkpoint {path} is unreadable: {error.strerror or error}") from None
+    except ValueError as error:
+        raise broken(f"its header is not JSON ({_first_line(error)})") from None
+    if not isinstance(header, dict):
+        raise broken("its header is not a JSON object")
+    ends = [entry.get("data_offsets", [0, 0])[-1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict) and isinstance(entry.get("data_offsets"), list)]
+    needed = 8 + header_length + max((end for end in ends if isinstance(end, int)), default=0)
+    if needed > size:
+        raise broken(f"truncated: {size} bytes, its header describes {needed}")
+
+
 def _parse_safetensors(data: bytes, path: Path) -> tuple[dict, dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load

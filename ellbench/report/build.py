@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ellbench.errors import EllbenchError
-from ellbench.io import atomic_write_bytes, atomic_write_text
 from ellbench.report.compare import compare_models, comparison_markdown, comparison_over_seeds
 from ellbench.report.plots import PLOTS
 from ellbench.report.reference import SPSA_NOTE, reference_comparison
@@ -44,10 +43,11 @@ def build_report(store, out_dir, *, formats=("md", "csv", "png"), models=None, r
                  compare=None, seed: int = 0, resamples: int = 10000) -> dict:
     """Tables, trust checks, reference comparison, paired comparisons and plots of a store, written to `out_dir`.
 
-    Files (each written atomically): results.csv (models x metrics, means over checkpoints), results_seeds.csv
-    (mean, std, n per cell), results_long.csv (every value with its job id and provenance), corruptions.csv,
-    collapse_layers.csv, checks.csv, reference.csv, comparison.csv (with `compare=[(model_a, model_b), ...]`),
-    results.md / comparison.md, and the PNG plots. Returns what was written, the plots skipped and why, and notes.
+    Files (written as one set, see write_file_set): results.csv (models x metrics, means over checkpoints),
+    results_seeds.csv (mean, std, n per cell), results_long.csv (every value with its job id and provenance),
+    corruptions.csv, collapse_layers.csv, checks.csv, reference.csv, comparison.csv (with
+    `compare=[(model_a, model_b), ...]`), results.md / comparison.md, and the PNG plots. Returns what was written,
+    the plots skipped and why, and notes.
     """
     import pandas as pd
 
@@ -71,32 +71,59 @@ def build_report(store, out_dir, *, formats=("md", "csv", "png"), models=None, r
     if comparisons:
         tables["comparison"] = pd.concat(comparisons, ignore_index=True)
         tables["comparison_seeds"] = comparison_over_seeds(tables["comparison"])
-    written, plots = [], {}
+    files: dict[str, bytes] = {}  # every file of the set, made in memory first, then written as one set
+    plots = {}
     if "csv" in formats:
         for stem, frame in tables.items():
             if len(frame):
-                atomic_write_text(out_dir / f"{stem}.csv", frame.to_csv(index=False))
-                written.append(str(out_dir / f"{stem}.csv"))
+                files[f"{stem}.csv"] = frame.to_csv(index=False).encode("utf-8")
     if "png" in formats:
         for stem, (data_of, draw, missing) in PLOTS.items():
             data = data_of(long)
             if data.empty:
                 plots[stem] = f"skipped: {missing}"
                 continue
-            atomic_write_bytes(out_dir / f"{stem}.png", draw(data))
+            files[f"{stem}.png"] = draw(data)
             plots[stem] = str(out_dir / f"{stem}.png")
-            written.append(plots[stem])
     if "md" in formats:
         text = _report_markdown(long, tables, checks, references, reference_notes, notes, plots, reference)
-        atomic_write_text(out_dir / "results.md", text)
-        written.append(str(out_dir / "results.md"))
+        files["results.md"] = text.encode("utf-8")
         if comparisons:
-            atomic_write_text(out_dir / "comparison.md", comparison_markdown(tables["comparison"],
-                                                                         tables["comparison_seeds"]))
-            written.append(str(out_dir / "comparison.md"))
+            files["comparison.md"] = comparison_markdown(tables["comparison"],
+                                                         tables["comparison_seeds"]).encode("utf-8")
+    written = write_file_set(out_dir, files)
     return {"out": str(out_dir), "files": written, "plots": plots, "notes": reference_notes + notes,
             "models": sorted(set(long["model"])), "checks": {s: int((checks["status"] == s).sum())
                                                               for s in ("ok", "warn", "fail")}}
+
+
+def write_file_set(out_dir: Path, files: dict[str, bytes]) -> list[str]:
+    """Write `files` (name -> bytes) into `out_dir` as one set: all of them into a staging folder inside it first, then
+    each renamed over its target (renames need no space and take microseconds).
+
+    A full disk or a kill while writing leaves the previous set as it was (and no staging folder behind after an
+    error); each file is also whole on its own, as every rename is atomic.
+    """
+    import os
+    import shutil
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / f".ellbench-report-{os.getpid()}.tmp"
+    try:
+        staging.mkdir(exist_ok=True)
+        for name, data in files.items():
+            with open(staging / name, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        for name in files:
+            os.replace(staging / name, out_dir / name)
+    except OSError as error:
+        raise EllbenchError(f"cannot write the report into {out_dir}: {error.strerror or error}; the previous report "
+                            "files there are unchanged (free some space or pass --report-dir)") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [str(out_dir / name) for name in files]
 
 
 def _report_markdown(long, tables, checks, references, reference_notes, notes, plots, reference: bool) -> str:

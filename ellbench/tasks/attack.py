@@ -22,15 +22,29 @@ def attack_evaluator(model, entry: AttackEntry, *, seed: int) -> Callable[[Batch
     in eval mode.
     """
     from ellbench.attacks.protocol import batch_seed, check_images, make_attack, seeded_rng
+    from ellbench.attacks.suite import forward_passes
 
     model.eval()
     device = next(model.parameters()).device
     attack = make_attack(model, entry)
+    expected = forward_passes(entry)
+    network = getattr(model, "model", model)  # the raw network: both protocols call it once per forward pass
 
     def evaluate(batch: Batch) -> list[dict]:
         check_images(batch.images)
-        with seeded_rng(device, batch_seed(seed, int(batch.indices[0]))):
-            outcome = attack(batch.images, batch.labels)
+        calls = [0]
+
+        def count(module, args, output) -> None:
+            calls[0] += 1
+            batch.progress(calls[0] / (expected + 2))  # + the clean and the final forward pass
+
+        hook = network.register_forward_hook(count) if expected else None
+        try:
+            with seeded_rng(device, batch_seed(seed, int(batch.indices[0]))):
+                outcome = attack(batch.images, batch.labels)
+        finally:
+            if hook is not None:
+                hook.remove()
         perturbation = (outcome.adversarial_input - outcome.clean_input).detach().flatten(1).double()  # [B, C*H*W]
         return outcome_rows(batch.indices, batch.labels, outcome.logits.argmax(1),
                             top5=top5_hits(outcome.logits.detach(), batch.labels), clean_pred=outcome.clean_pred,

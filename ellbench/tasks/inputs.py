@@ -50,12 +50,13 @@ def eval_transform(loaded, overrides: TransformOverrides = NO_OVERRIDES):
 def open_model_and_data(name: str, data: str, *, checkpoint: str | None = None, pretrained: bool = False,
                         data_root: str | None = None, limit: int | None = None, skip_bad_images: bool = False,
                         overrides: TransformOverrides = NO_OVERRIDES, seed: int = 0, device: str = "cpu",
-                        amp: str = "off"):
+                        amp: str = "off", labels: bool = True):
     """(LoadedModel, data set) for `data`: a built-in set's name or an ImageNet-style folder.
 
     Folder: the model first, then the folder through its eval transform. Built-in set: the set first (served as
     stored, so transform overrides are an error), then the model sized for it when it has no weights of its own,
     and one image through the model so that a model that cannot take the set's images says so in one line.
+    With `labels` (all but label-free measurements such as collapse) the data's classes must fit the model's outputs.
     """
     from ellbench.data import check_folder, is_builtin, open_dataset
 
@@ -67,13 +68,70 @@ def open_model_and_data(name: str, data: str, *, checkpoint: str | None = None, 
         loaded = load_model(name, checkpoint=checkpoint, pretrained=pretrained, dataset=dataset, seed=seed,
                             device=device, amp=amp)
         check_model_takes(loaded, dataset)
+        if labels:
+            check_classes(loaded, dataset)
         return loaded, dataset
     check_folder(data)  # a bad path fails before the model is built
     loaded = load_model(name, checkpoint=checkpoint, pretrained=pretrained, seed=seed, device=device,
                         overrides=overrides, amp=amp)
+    transform = eval_transform(loaded, overrides)
+    check_model_input(loaded, transform.input_size, "the size its eval transform makes of the folder's images")
     dataset = open_dataset(data, "test", root=data_root, limit=limit, skip_bad_images=skip_bad_images,
-                           transform=eval_transform(loaded, overrides))
+                           transform=transform)
+    if labels:
+        check_classes(loaded, dataset)
     return loaded, dataset
+
+
+def _built_side(module) -> int | None:
+    """The input side a fixed-size model (a ViT) was built for, or None for a size-agnostic one."""
+    patch_embed = getattr(module, "patch_embed", None)
+    size = getattr(patch_embed, "img_size", None) if getattr(patch_embed, "strict_img_size", True) else None
+    return int(size[0]) if isinstance(size, tuple | list) and size else None
+
+
+def _patch_side(module) -> int | None:
+    size = getattr(getattr(module, "patch_embed", None), "patch_size", None)
+    return int(size[0]) if isinstance(size, tuple | list) and size else None
+
+
+def check_model_input(loaded, input_size, source: str) -> None:
+    """One blank image of `input_size` ((C,) H, W) through the model before any work; a model that cannot take it is
+    one line that says which --img-size would fit."""
+    import torch
+
+    channels, height, width = (3, *input_size)[-3:]
+    try:
+        with torch.no_grad():
+            loaded.module(torch.zeros(1, channels, height, width, device=loaded.device))
+    except (RuntimeError, AssertionError, ValueError) as error:
+        if type(error).__name__ == "OutOfMemoryError":
+            raise
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        built, patch = _built_side(loaded.timm_model), _patch_side(loaded.timm_model)
+        if built is not None and built != height:
+            hint = f"; pass --img-size {built} (the size it was built for) or use a model built for {height} px"
+        elif patch is not None and min(height, width) < patch:
+            hint = f"; choose an --img-size of at least its patch size {patch}"
+        else:
+            hint = "; choose another --img-size or model"
+        raise EllbenchError(f"{loaded.name} cannot take {height}x{width} images ({source}): {first}{hint}") from None
+
+
+def check_classes(loaded, dataset) -> None:
+    """The data's classes must be outputs of the model: a folder of 12 classes (or of ImageNet wnids, labels 0-999)
+    cannot be scored by a 10-way head."""
+    from ellbench.data.folders import ImageFolderDataset
+
+    outputs = getattr(loaded.timm_model, "num_classes", None)
+    needed = getattr(dataset, "num_classes", None)
+    if not isinstance(outputs, int) or not isinstance(needed, int) or needed <= outputs:
+        return
+    wnids = isinstance(dataset, ImageFolderDataset) and needed == 1000
+    why = "its class folders are ImageNet-1k wnids (labels 0-999)" if wnids else f"it has {needed} classes"
+    raise EllbenchError(f"{dataset.name} does not fit {loaded.name}: {why}, but the model has {outputs} outputs; use a "
+                        f"model (or checkpoint) with at least {needed} outputs, or a folder of at most {outputs} "
+                        "classes")
 
 
 def check_model_takes(loaded, dataset) -> None:

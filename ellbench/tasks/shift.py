@@ -42,8 +42,10 @@ def run_shift(store, loaded, name: str, root, *, batch_size: int = 64, seed: int
     """Top-1 and top-5 accuracy of one model on an ImageNet-A/R folder read through `transform` (the model's own eval
     transform, ellbench.tasks.inputs.eval_transform), as a resumable job; returns the stored job row.
 
-    `workers`: loader processes (None: runner.default_loader_workers).
+    `workers`: loader processes (None: runner.default_loader_workers). The row carries `skipped_images`: unreadable
+    files left out with `skip_bad_images`.
     """
     dataset = open_shift_dataset(name, root, transform=transform, skip_bad_images=skip_bad_images, limit=limit)
-    return run(store, shift_spec(loaded, name, dataset, batch_size=batch_size, seed=seed, workers=workers),
-               progress=progress)
+    job = run(store, shift_spec(loaded, name, dataset, batch_size=batch_size, seed=seed, workers=workers),
+              progress=progress)
+    return {**job, "skipped_images": dataset.skipped} if job else job
