@@ -272,6 +272,55 @@ INTERPOLATION_HELP = ("Image folders: resize interpolation, e.g. bilinear or bic
                       "Default: the model's own.")
 
 
+def _shared_option_declarations() -> dict:
+    """The options several evaluation commands share, declared once: name -> (type, a fresh typer.Option)."""
+    return {
+        "checkpoint": (str, lambda: typer.Option(None, help=CHECKPOINT_HELP)),
+        "pretrained": (bool, lambda: typer.Option(False, "--pretrained", help=PRETRAINED_HELP)),
+        "data_root": (str, lambda: typer.Option(None, help="Folder of the Fashion-MNIST IDX files, for --data "
+                                                "fashion-mnist.")),
+        "img_size": (int, lambda: typer.Option(None, help=IMG_SIZE_HELP)),
+        "crop_pct": (float, lambda: typer.Option(None, help=CROP_PCT_HELP)),
+        "interpolation": (str, lambda: typer.Option(None, help=INTERPOLATION_HELP)),
+        "skip_bad_images": (bool, lambda: typer.Option(False, help="Skip unreadable images (counted) instead of "
+                                                       "stopping.")),
+        "workers": (int, lambda: typer.Option(None, help=WORKERS_HELP)),
+        "amp": (str, lambda: typer.Option("off", help=AMP_HELP)),
+        "seed": (int, lambda: typer.Option(0, help=SEED_HELP)),
+        "device": (str, lambda: typer.Option("auto", help=DEVICE_HELP)),
+        "out": (Path, lambda: typer.Option(None, help=OUT_HELP)),
+        "as_json": (bool, lambda: typer.Option(False, "--json", help="Print the results as JSON.")),
+    }
+
+
+def shared_options(command):
+    """Give a command's keyword-only parameters that have no default the shared option of the same name.
+
+    A command lists its own options as usual and names the shared ones after `*` (e.g. `*, checkpoint, seed`);
+    typer reads the completed signature.
+    """
+    import functools
+    import inspect
+
+    declarations = _shared_option_declarations()
+    signature = inspect.signature(command)
+    parameters, annotations = [], {}
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.KEYWORD_ONLY and parameter.default is parameter.empty:
+            kind, option = declarations[parameter.name]
+            parameter = parameter.replace(default=option(), annotation=kind)
+        parameters.append(parameter.replace(kind=parameter.KEYWORD_ONLY))
+        annotations[parameter.name] = parameter.annotation
+
+    @functools.wraps(command)
+    def with_shared_options(**options):
+        return command(**options)
+
+    with_shared_options.__signature__ = signature.replace(parameters=parameters)
+    with_shared_options.__annotations__ = annotations
+    return with_shared_options
+
+
 def _check_common(batch_size: int, seed: int, limit: int | None) -> None:
     _positive(batch_size, "--batch-size", MAX_BATCH_SIZE)
     _check_seed(seed)
@@ -382,29 +431,19 @@ def _title(loaded, dataset) -> str:
 
 
 @app.command("eval")
+@shared_options
 def eval_command(
     model: str = typer.Argument(..., help="Any timm classifier (see `ellbench models`), with a pretrained tag to use "
                                 "timm's published weights, e.g. deit_small_patch16_224.fb_in1k."),
-    checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
-    pretrained: bool = typer.Option(False, "--pretrained", help=PRETRAINED_HELP),
     data: str = typer.Option("digits", help=DATA_HELP + " A folder goes through the model's own timm eval "
                              "transform, as timm's validate.py reads it."),
-    data_root: str = typer.Option(None, help="Folder of the Fashion-MNIST IDX files, for --data fashion-mnist."),
-    img_size: int = typer.Option(None, help=IMG_SIZE_HELP),
-    crop_pct: float = typer.Option(None, help=CROP_PCT_HELP),
-    interpolation: str = typer.Option(None, help=INTERPOLATION_HELP),
     limit: int = typer.Option(None, help="Evaluate N examples only: the first N of a built-in set, N spread evenly "
                               "over a folder's classes."),
     batch_size: int = typer.Option(64, help="Examples per batch."),
     save_logits: Path = typer.Option(None, help="Write the float32 logits [N, classes], in data-set order, to this "
                                      ".npy file."),
-    skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted) instead of stopping."),
-    workers: int = typer.Option(None, help=WORKERS_HELP),
-    amp: str = typer.Option("off", help=AMP_HELP),
-    seed: int = typer.Option(0, help=SEED_HELP),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
-    out: Path = typer.Option(None, help=OUT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    *, checkpoint, pretrained, data_root, img_size, crop_pct, interpolation, skip_bad_images, workers, amp, seed,
+    device, out, as_json,
 ):
     """Clean top-1 and top-5 accuracy, the job of timm's validate.py: the model's own preprocessing, resumable.
 
@@ -445,15 +484,10 @@ def eval_command(
 
 
 @app.command("attack")
+@shared_options
 def attack_command(
     model: str = typer.Argument(..., help="Model name (see `ellbench models`) or any timm model."),
-    checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
-    pretrained: bool = typer.Option(False, "--pretrained", help=PRETRAINED_HELP),
     data: str = typer.Option("digits", help=DATA_HELP),
-    data_root: str = typer.Option(None, help="Folder of the Fashion-MNIST IDX files, for --data fashion-mnist."),
-    img_size: int = typer.Option(None, help=IMG_SIZE_HELP),
-    crop_pct: float = typer.Option(None, help=CROP_PCT_HELP),
-    interpolation: str = typer.Option(None, help=INTERPOLATION_HELP),
     suite: str = typer.Option(None, help="Attack suite: paper, standard, quick, or a TOML file. Default: quick, "
                               "unless --attack is given."),
     attack: str = typer.Option(None, help="One torchattacks class by name instead of a suite, e.g. PGD."),
@@ -464,13 +498,8 @@ def attack_command(
                                  "[0, 1]) or paper (normalised space, no clipping, the model's own predictions)."),
     limit: int = typer.Option(None, help="Attack the first N examples only."),
     batch_size: int = typer.Option(64, help="Examples per batch (part of the job key: random starts are per batch)."),
-    skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted) instead of stopping."),
-    workers: int = typer.Option(None, help=WORKERS_HELP),
-    amp: str = typer.Option("off", help=AMP_HELP),
-    seed: int = typer.Option(0, help=SEED_HELP),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
-    out: Path = typer.Option(None, help=OUT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    *, checkpoint, pretrained, data_root, img_size, crop_pct, interpolation, skip_bad_images, workers, amp, seed,
+    device, out, as_json,
 ):
     """Clean and robust accuracy under adversarial attacks (torchattacks), per attack and eps, resumable per batch.
 
@@ -528,20 +557,15 @@ def attack_command(
 
 
 @app.command("corrupt")
+@shared_options
 def corrupt_command(
     model: str = typer.Argument(..., help="Model name (see `ellbench models`) or any timm model."),
-    checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
-    pretrained: bool = typer.Option(False, "--pretrained", help=PRETRAINED_HELP),
     data: str = typer.Option(None, help="Clean data to corrupt on the fly: " + DATA_HELP + " Default: digits unless "
                              "--imagenet-c is given. A folder's images are resized and cropped by the model's own eval "
                              "transform, then corrupted."),
     imagenet_c: str = typer.Option(None, help="Released ImageNet-C root: <root>/[<group>/]<corruption>/<severity>/"
                                    "<wnid>/*.JPEG. Its 224 px images are resized for a model of another input size "
                                    "(noted in the results)."),
-    data_root: str = typer.Option(None, help="Folder of the Fashion-MNIST IDX files, for --data fashion-mnist."),
-    img_size: int = typer.Option(None, help=IMG_SIZE_HELP),
-    crop_pct: float = typer.Option(None, help=CROP_PCT_HELP),
-    interpolation: str = typer.Option(None, help=INTERPOLATION_HELP),
     suite: str = typer.Option("quick", help="Corruption suite: imagenet-c (15 x 5), imagenet-c-extra, quick, or a "
                               "TOML file."),
     limit: int = typer.Option(None, help="Evaluate N images per (corruption, severity) only: the first N of a "
@@ -551,7 +575,6 @@ def corrupt_command(
                                 "(default: all cores; 0: this process) and decoding batches (default: 0 for "
                                 "precomputed in-memory sets, else a share of the cores). Results are the same for "
                                 "any number."),
-    amp: str = typer.Option("off", help=AMP_HELP),
     cache_dir: Path = typer.Option(None, help="Cache of generated ImageNet-C images (default: ~/.cache/ellbench)."),
     baseline: str = typer.Option(None, help="AlexNet errors for mCE: hendrycks (default) or robustbench."),
     corruption_backend: str = typer.Option(None, help="Who corrupts generated and in-memory images: imagecorruptions "
@@ -559,12 +582,8 @@ def corrupt_command(
                                            "suite says otherwise) or torch (ellbench's batched port, much faster; "
                                            "see benchmarks/README.md for its fidelity). Different backends are "
                                            "different jobs."),
-    skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted in the provenance) instead of "
-                                         "stopping."),
-    seed: int = typer.Option(0, help=SEED_HELP),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
-    out: Path = typer.Option(None, help=OUT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    *, checkpoint, pretrained, data_root, img_size, crop_pct, interpolation, amp, skip_bad_images, seed, device, out,
+    as_json,
 ):
     """Accuracy under common corruptions (ImageNet-C on disk, or generated on the fly and cached), CE and mCE."""
     _check_common(batch_size, seed, limit)
@@ -646,24 +665,15 @@ def _print_json_summary(summary: dict) -> None:
 
 
 @app.command("shift")
+@shared_options
 def shift_command(
     model: str = typer.Argument(..., help="An ImageNet-1k model (1000 outputs)."),
     dataset: str = typer.Option(..., help="imagenet-a or imagenet-r."),
     data: str = typer.Option(..., help="The data set's folder: <root>/<wnid>/*.jpg with its 200 wnid sub-folders."),
-    checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
-    pretrained: bool = typer.Option(False, "--pretrained", help=PRETRAINED_HELP),
-    img_size: int = typer.Option(None, help=IMG_SIZE_HELP),
-    crop_pct: float = typer.Option(None, help=CROP_PCT_HELP),
-    interpolation: str = typer.Option(None, help=INTERPOLATION_HELP),
     limit: int = typer.Option(None, help="Evaluate N images only (spread evenly over the folder)."),
     batch_size: int = typer.Option(64, help="Examples per batch."),
-    skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted) instead of stopping."),
-    workers: int = typer.Option(None, help=WORKERS_HELP),
-    amp: str = typer.Option("off", help=AMP_HELP),
-    seed: int = typer.Option(0, help=SEED_HELP),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
-    out: Path = typer.Option(None, help=OUT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    *, checkpoint, pretrained, img_size, crop_pct, interpolation, skip_bad_images, workers, amp, seed, device, out,
+    as_json,
 ):
     """Top-1 and top-5 accuracy under distribution shift: ImageNet-A or ImageNet-R through the model's own eval
     transform, logits restricted to their 200 classes."""
@@ -701,24 +711,14 @@ def shift_command(
 
 
 @app.command("collapse")
+@shared_options
 def collapse_command(
     model: str = typer.Argument(..., help="Any timm ViT-like model whose blocks have an `attn` module."),
-    checkpoint: str = typer.Option(None, help=CHECKPOINT_HELP),
-    pretrained: bool = typer.Option(False, "--pretrained", help=PRETRAINED_HELP),
     data: str = typer.Option("digits", help=DATA_HELP),
-    data_root: str = typer.Option(None, help="Folder of the Fashion-MNIST IDX files, for --data fashion-mnist."),
-    img_size: int = typer.Option(None, help=IMG_SIZE_HELP),
-    crop_pct: float = typer.Option(None, help=CROP_PCT_HELP),
-    interpolation: str = typer.Option(None, help=INTERPOLATION_HELP),
     limit: int = typer.Option(None, help="Use the first N examples only."),
     batch_size: int = typer.Option(64, help="Examples per batch."),
-    skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted) instead of stopping."),
-    workers: int = typer.Option(None, help=WORKERS_HELP),
-    amp: str = typer.Option("off", help=AMP_HELP),
-    seed: int = typer.Option(0, help=SEED_HELP),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
-    out: Path = typer.Option(None, help=OUT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the per-layer values as JSON."),
+    *, checkpoint, pretrained, data_root, img_size, crop_pct, interpolation, skip_bad_images, workers, amp, seed,
+    device, out, as_json,
 ):
     """Representation collapse per layer: mean pairwise cosine similarity of the attention outputs' tokens."""
     _check_common(batch_size, seed, limit)

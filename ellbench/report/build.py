@@ -134,28 +134,23 @@ def _report_markdown(long, tables, checks, references, reference_notes, notes, p
     for title, labels in label_groups(long).items():
         if labels:
             parts.append(_section(title, pivot_markdown(long, labels)))
-    transforms = transform_table(long)
-    if len(transforms):
-        parts.append(_section("Image transforms", markdown_table(transforms),
-                              "How image-folder data reached each model: its own timm eval transform (input size, "
-                              "interpolation, crop_pct, crop mode), or its overrides; built-in sets are used as "
-                              "stored."))
-    backends = corruption_backend_table(long)
-    if len(backends):
-        parts.append(_section("Corruption backends", markdown_table(backends),
-                              "Who corrupted the images of each corruption result: imagecorruptions (the published "
-                              "ImageNet-C code), ellbench's torch port (its rows say [torch corruptions]), or released "
-                              "ImageNet-C files."))
-    if len(tables["corruptions"]):
-        parts.append(_section("Accuracy by corruption and severity", markdown_table(tables["corruptions"])))
-    if len(tables["collapse_layers"]):
-        parts.append(_section("Collapse per layer", markdown_table(tables["collapse_layers"]),
-                              "Mean pairwise cosine similarity of the tokens leaving each attention layer."))
-    if len(tables["training"]):
-        parts.append(_section("Training curves", markdown_table(tables["training"]),
-                              "Accuracy per epoch (mean over checkpoints of each model): on the training batches "
-                              "seen during the epoch, and on the test set after it where training had one (the demo "
-                              "and the study train with their test set)."))
+    detail_sections = [  # (title, table, what it shows): written when the table has rows
+        ("Image transforms", transform_table(long),
+         "How image-folder data reached each model: its own timm eval transform (input size, interpolation, "
+         "crop_pct, crop mode), or its overrides; built-in sets are used as stored."),
+        ("Corruption backends", corruption_backend_table(long),
+         "Who corrupted the images of each corruption result: imagecorruptions (the published ImageNet-C code), "
+         "ellbench's torch port (its rows say [torch corruptions]), or released ImageNet-C files."),
+        ("Accuracy by corruption and severity", tables["corruptions"], ""),
+        ("Collapse per layer", tables["collapse_layers"],
+         "Mean pairwise cosine similarity of the tokens leaving each attention layer."),
+        ("Training curves", tables["training"],
+         "Accuracy per epoch (mean over checkpoints of each model): on the training batches seen during the epoch, "
+         "and on the test set after it where training had one (the demo and the study train with their test set)."),
+    ]
+    for title, table, intro in detail_sections:
+        if len(table):
+            parts.append(_section(title, markdown_table(table), intro))
     if len(checks):
         parts.append(_section("Attack trust checks", _checks_markdown(checks),
                               "Budget respected, robust <= clean, monotone in eps, PGD at least as strong as FGSM; "
