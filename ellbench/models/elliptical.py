@@ -49,17 +49,11 @@ def coordinate_relevance(
     if estimator not in ESTIMATORS:
         raise EllbenchError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     with torch.no_grad():
-        change = values - prev_values  # [B, H, N, D_h]
-        if estimator == "mean":
-            # One reduction pass for |.| and the sum over tokens (abs_().sum() is two passes over [B, H, N, D_h], a
-            # measurable share of a small model's forward on CPU). 1 / N cancels in the normalisation below, like
-            # delta; float16 is summed in float32 so that long sequences stay in range.
-            wide = torch.float32 if change.dtype in (torch.float16, torch.bfloat16) else None
-            m_hat = torch.linalg.vector_norm(change, ord=1, dim=-2, dtype=wide)  # [B, H, D_h]
-        else:
-            m_hat = change.abs_().median(dim=-2).values  # [B, H, D_h]
+        change = (values - prev_values).abs_()  # [B, H, N, D_h]
+        # The mean, not the sum, keeps float16 in range for long sequences; its 1 / N cancels like delta.
+        m_hat = change.mean(dim=-2) if estimator == "mean" else change.median(dim=-2).values  # [B, H, D_h]
         # All-zero change: 0 / 0 = NaN in every coordinate, which becomes the unit metric.
-        return (m_hat / m_hat.amax(dim=-1, keepdim=True)).nan_to_num_(nan=1.0).to(values.dtype)
+        return (m_hat / m_hat.amax(dim=-1, keepdim=True)).nan_to_num_(nan=1.0)
 
 
 def elliptical_attention(
