@@ -32,8 +32,11 @@ class DemoPlan:
     epochs: int = 15
     batch_size: int = 32
     lr: float = 1e-3
+    warmup_epochs: float = 1.0
     train_limit: int | None = None
     limit: int | None = None
+    attack_limit: int | None = None  # attacks on the first N of the evaluated test images (None: all of them)
+    patch_size: int | None = None  # None: model_kwargs_for's rule (2 below 16 px, else 4)
     seeds: tuple[int, ...] = (0,)
     attack_suites: tuple[str, ...] = ("quick",)
     corruption_suite: str = "quick"
@@ -46,10 +49,13 @@ PRESETS = {
     "digits": DemoPlan(),
     # The same pipeline on Fashion-MNIST at a demo's scale.
     "fashion-mnist": DemoPlan(dataset="fashion-mnist", epochs=3, batch_size=64, train_limit=10000, limit=1000),
-    # The committed study (reports/fashion-mnist/): 3 seeds, both attack protocols, a wider corruption sweep.
-    # Sized to run within about an hour on 2 CPU cores (one process per seed, one thread each).
-    "study": DemoPlan(dataset="fashion-mnist", epochs=2, batch_size=64, train_limit=5000, limit=300,
-                      seeds=(0, 1, 2), attack_suites=("study",), corruption_suite="study"),
+    # The committed study (reports/fashion-mnist/): every family on all 60,000 training images, 3 seeds; clean and
+    # corrupted accuracy on all 10,000 test images, both attack protocols on the first 1000. Patches of 7 px (a 4 x 4
+    # grid) and 2 epochs with a short warm-up bring every family past 0.85 within the study's time on 2 CPU cores
+    # (sizing and measured time: README, "The Fashion-MNIST study").
+    "study": DemoPlan(dataset="fashion-mnist", epochs=2, batch_size=64, warmup_epochs=0.25, limit=None,
+                      attack_limit=1000, patch_size=7, seeds=(0, 1, 2), attack_suites=("study",),
+                      corruption_suite="study"),
 }
 
 
@@ -73,20 +79,22 @@ def run_demo(out_dir: Path, plan: DemoPlan, *, data_root: str | None = None, pro
     test_set = open_dataset(plan.dataset, "test", root=data_root, limit=plan.limit)  # fails before any file exists
     attack_entries = [entry for suite in plan.attack_suites for entry in load_attack_suite(suite)]
     suite = load_corruption_suite(plan.corruption_suite)
+    attack_set = test_set if plan.attack_limit is None else test_set.subset(plan.attack_limit)
     store = Store.in_folder(out_dir)
     rows = []
     for seed in plan.seeds:
         corrupted = corrupted_datasets(suite, clean=test_set, seed=seed, precompute=True)
         for name in plan.models:
             config = TrainConfig(model=name, dataset=plan.dataset, epochs=plan.epochs, batch_size=plan.batch_size,
-                                 lr=plan.lr, seed=seed, limit=plan.train_limit)
+                                 lr=plan.lr, warmup_epochs=plan.warmup_epochs, seed=seed, limit=plan.train_limit,
+                                 patch_size=plan.patch_size)
             record = train(config, out_dir / "checkpoints", data_root=data_root, progress=progress,
                            eval_set=test_set)  # the training curve: test accuracy after each epoch
             checkpoint = str(out_dir / "checkpoints" / f"{name}-{plan.dataset}-seed{seed}.safetensors")
             loaded = load_for_eval(name, checkpoint, dataset=test_set, seed=seed)
             record_training(store, record, checkpoint_id=loaded.checkpoint_id)
             clean = run_eval(store, loaded, test_set, batch_size=EVAL_BATCH, seed=seed, progress=progress)
-            attacked = run_attack_suite(store, loaded, test_set, attack_entries, batch_size=EVAL_BATCH, seed=seed,
+            attacked = run_attack_suite(store, loaded, attack_set, attack_entries, batch_size=EVAL_BATCH, seed=seed,
                                         progress=progress)
             corrupt = run_corruption_suite(store, loaded, suite, clean=test_set, batch_size=EVAL_BATCH, seed=seed,
                                            datasets=corrupted, progress=progress)
@@ -106,7 +114,8 @@ def run_demo(out_dir: Path, plan: DemoPlan, *, data_root: str | None = None, pro
             row["trust_check_warnings"] = sum(check["status"] != "ok" for check in attacked["checks"])
             rows.append(row)
     seeds = ",".join(map(str, plan.seeds))
-    title = (f"ellbench on {plan.dataset}: {len(test_set)} test images, {plan.epochs} epochs, "
+    attacked_images = f" (attacks on the first {len(attack_set)})" if len(attack_set) < len(test_set) else ""
+    title = (f"ellbench on {plan.dataset}: {len(test_set)} test images{attacked_images}, {plan.epochs} epochs, "
              f"seed{'s' if len(plan.seeds) > 1 else ''} {seeds}")
     write_summary(out_dir, rows, title=title)
     if progress:

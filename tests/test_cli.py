@@ -234,6 +234,26 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch,
         assert torch.equal(ours[name], tensor), name
 
 
+def test_train_patch_size_sets_the_token_grid_and_is_recorded(run_ellbench, tmp_path, one_thread):
+    from ellbench.models.loading import load_model
+    from ellbench.train import TrainConfig, train
+
+    default = train(TrainConfig(model=MICRO, dataset="digits", epochs=1, batch_size=16, limit=16), tmp_path / "a",
+                    progress=False)
+    assert default["model_kwargs"]["patch_size"] == 2 and "patch_size" not in default["train"]  # old records match
+    wide = train(TrainConfig(model=MICRO, dataset="digits", epochs=1, batch_size=16, limit=16, patch_size=4),
+                 tmp_path / "b", progress=False)
+    assert wide["model_kwargs"]["patch_size"] == 4 and wide["train"]["patch_size"] == 4
+    # 8 px digits in 4 px patches: a 2 x 2 grid, rebuilt from the sidecar for evaluation.
+    assert load_model(MICRO, wide["checkpoint"]).model.patch_embed.num_patches == 4
+    assert load_model(MICRO, default["checkpoint"]).model.patch_embed.num_patches == 16
+
+    result = run_ellbench("train", MICRO, "--dataset", "digits", "--limit", "16", "--epochs", "1", "--patch-size", "3",
+                          "--out", str(tmp_path / "c"))
+    assert result.returncode == 2 and result.stderr.startswith("error:") and len(result.stderr.splitlines()) == 1
+    assert "does not divide" in result.stderr and not list((tmp_path / "c").rglob("*.safetensors"))
+
+
 def test_training_curve_is_the_test_accuracy_after_each_epoch_and_leaves_the_weights_alone(tmp_path, one_thread):
     from safetensors.torch import load_file
 

@@ -39,20 +39,27 @@ def tiny_fashion_mnist(tmp_path):
 def test_study_command_regenerates_its_report(run_ellbench, tmp_path, tiny_fashion_mnist):
     out = tmp_path / "study"
     result = run_ellbench("demo", "--dataset", "study", "--data-root", str(tiny_fashion_mnist), "--epochs", "1",
-                          "--seeds", "0,1", "--train-limit", "40", "--limit", "12", "--out", str(out),
-                          "--models", ",".join(MODELS), timeout=900)
+                          "--seeds", "0,1", "--train-limit", "40", "--limit", "12", "--attack-limit", "8",
+                          "--out", str(out), "--models", ",".join(MODELS), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
 
     with open(out / "summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    # Every model once per seed, each with the study suite's 12 attack columns.
+    # Every model once per seed, each with the study suite's 8 attack columns.
     from ellbench.attacks.suite import load_suite
     from ellbench.store import Store
 
     assert sorted((r["model"], r["seed"]) for r in rows) == sorted((m, s) for m in MODELS for s in ("0", "1"))
     attack_columns = [f"{e.label} ({e.protocol})" for e in load_suite("study")]
-    assert len(attack_columns) == 12 and all(column in rows[0] for column in attack_columns)
+    assert len(attack_columns) == 8 and all(column in rows[0] for column in attack_columns)
+    # The study's models see 28 px Fashion-MNIST as a 4 x 4 grid of 7 px patches (its preset), which the checkpoints'
+    # sidecars record for evaluation.
+    import json
+
+    for model in MODELS:
+        sidecar = json.loads((out / "checkpoints" / f"{model}-fashion-mnist-seed0.json").read_text())
+        assert sidecar["model_kwargs"]["patch_size"] == 7 and sidecar["train"]["patch_size"] == 7
     # Each summary row's clean accuracy is its stored clean job's per-example rows, recomputed here.
     store = Store.in_folder(out)
     checkpoints = {(job["model"], job["seed"]): job["checkpoint"] for job in store.jobs(task="collapse")}
@@ -62,6 +69,10 @@ def test_study_command_regenerates_its_report(run_ellbench, tmp_path, tiny_fashi
         outcomes = store.outcomes(clean_job["id"])
         assert len(outcomes) == 12
         assert float(row["clean_accuracy"]) == pytest.approx(outcomes["correct"].mean(), abs=1e-12)
+        # Attacks run on the first 8 of the 12 evaluated images (--attack-limit).
+        attacks = [job for job in store.jobs(task="attack", model=row["model"], seed=int(row["seed"]))
+                   if job["checkpoint"] == clean_job["checkpoint"]]
+        assert len(attacks) == 8 and all(len(store.outcomes(job["id"])) == 8 for job in attacks)
         # The training curve's last point (measured inside training) is the same weights' accuracy on the same test
         # images, which the clean job measured through another path.
         (curve,) = [job for job in store.jobs(task="train", model=row["model"], seed=int(row["seed"]))
@@ -91,7 +102,8 @@ def test_study_command_regenerates_its_report(run_ellbench, tmp_path, tiny_fashi
     jobs_before = {job["id"]: job["finished_utc"] for job in store.jobs() if job["task"] != "profile"}
     store.close()
     again = run_ellbench("demo", "--dataset", "study", "--data-root", str(tiny_fashion_mnist), "--epochs", "1",
-                         "--seeds", "0,1", "--train-limit", "40", "--limit", "12", "--out", str(out),
+                         "--seeds", "0,1", "--train-limit", "40", "--limit", "12", "--attack-limit", "8",
+                         "--out", str(out),
                          "--models", ",".join(MODELS), timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     store = Store.in_folder(out)
