@@ -253,6 +253,21 @@ def test_train_patch_size_sets_the_token_grid_and_is_recorded(run_ellbench, tmp_
     assert result.returncode == 2 and result.stderr.startswith("error:") and len(result.stderr.splitlines()) == 1
     assert "does not divide" in result.stderr and not list((tmp_path / "c").rglob("*.safetensors"))
 
+    # --curve: the test split's accuracy after each epoch, the same figure the trained weights then give.
+    result = run_ellbench("train", MICRO, "--dataset", "digits", "--limit", "16", "--epochs", "2", "--patch-size", "4",
+                          "--curve", "--out", str(tmp_path / "d"), "--json")
+    assert result.returncode == 0, result.stderr
+    (record,) = json.loads(result.stdout)
+    assert [entry["epoch"] for entry in record["history"]] == [1, 2]
+    from ellbench.data import open_dataset
+
+    test_set = open_dataset("digits", "test")
+    model = load_model(MICRO, record["checkpoint"])
+    with torch.no_grad():
+        predictions = model(test_set.get_batch(torch.arange(len(test_set)))[0]).argmax(1)
+    accuracy = (predictions == test_set.get_batch(torch.arange(len(test_set)))[1]).float().mean().item()
+    assert record["history"][-1]["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
 
 def test_training_curve_is_the_test_accuracy_after_each_epoch_and_leaves_the_weights_alone(tmp_path, one_thread):
     from safetensors.torch import load_file
