@@ -10,6 +10,12 @@ batch B (rounds alternating the two models, A-B-B-A; the change is the median of
 (one fresh child process per model), FLOPs per image and parameters, with Elliptical's percentage change over DeiT.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/profile_vs_reference.py --threads 2
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/profile_vs_reference.py --threads 2 --malloc steady
+
+`--malloc steady` fixes glibc's trim and mmap thresholds first (ellbench.malloc, as benchmarks/attention.py does by
+default), so that whether a pass faults its activations in afresh stops depending on the process's history. Running
+the Table 11 part both ways tests one explanation of why its throughput change (batch 8, a fresh model per round)
+differs from attention.py's: page faults that hit the two models unequally.
 """
 
 import argparse
@@ -19,6 +25,7 @@ import time
 import timm
 import torch
 
+from ellbench.malloc import steady_malloc
 from ellbench.profile import device_name, profile_model
 
 
@@ -126,9 +133,14 @@ def main() -> None:
     parser.add_argument("--table-steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=4, help="alternating rounds per Table 11 pair")
     parser.add_argument("--skip-table", action="store_true", help="run part 1 only")
+    parser.add_argument("--malloc", choices=("default", "steady"), default="default",
+                        help="steady: fix glibc's trim and mmap thresholds first (see the module docstring)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, timm {timm.__version__}, {device_name(torch.device('cpu'))}\n")
+    if args.malloc == "steady" and not steady_malloc():
+        raise SystemExit("error: --malloc steady needs glibc's mallopt")
+    print(f"torch {torch.__version__}, timm {timm.__version__}, {device_name(torch.device('cpu'))}, "
+          f"malloc {args.malloc}\n")
     compare_with_reference(args)
     if not args.skip_table:
         table_11(args)
