@@ -289,7 +289,7 @@ def loaded(model):
     return LoadedModel(name="tiny", module=model.eval(), checkpoint_id="random-init:seed=0", device="cpu")
 
 
-def test_suite_run_in_memory_is_stored_and_reused(tmp_path, monkeypatch):
+def test_suite_run_in_memory_is_stored_and_reused(tmp_path):
     from ellbench.data import open_dataset
     from ellbench.store import Store
 
@@ -305,7 +305,6 @@ def test_suite_run_in_memory_is_stored_and_reused(tmp_path, monkeypatch):
     seen = model.seen
     assert task.run_corruption_suite(store, loaded(model), suite, clean=digits, batch_size=4, progress=False) == summary
     assert model.seen == seen  # every job came from the store
-    monkeypatch.setattr(task.os, "cpu_count", lambda: 2)  # precomputed in 2 worker processes, on any machine
     shared = task.corrupted_datasets(suite, clean=digits, precompute=True)  # built once, shared between models
     for corruption, severity in suite.entries():  # the same images as corrupting lazily in this process
         lazy = img.CorruptedDataset(digits, corruption, severity)

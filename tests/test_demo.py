@@ -73,6 +73,11 @@ def test_study_command_regenerates_its_report(run_ellbench, tmp_path, tiny_fashi
         attacks = [job for job in store.jobs(task="attack", model=row["model"], seed=int(row["seed"]))
                    if job["checkpoint"] == clean_job["checkpoint"]]
         assert len(attacks) == 8 and all(len(store.outcomes(job["id"])) == 8 for job in attacks)
+        # Each attack's clean predictions are the clean job's on the same images: same weights, same pixels.
+        clean_pred = outcomes.set_index("idx")["pred"]
+        for job in attacks:
+            rows = store.outcomes(job["id"]).set_index("idx")
+            assert (rows["clean_pred"] == clean_pred.loc[rows.index]).all(), job["settings"]
         # The training curve's last point (measured inside training) is the same weights' accuracy on the same test
         # images, which the clean job measured through another path.
         (curve,) = [job for job in store.jobs(task="train", model=row["model"], seed=int(row["seed"]))

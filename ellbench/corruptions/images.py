@@ -103,8 +103,7 @@ class CorruptedDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, base, corruption: str, severity: int, *, seed: int = 0, precompute: bool = False,
-                 chunk_size: int = 256, backend: str = DEFAULT_BACKEND,
-                 precomputed: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 chunk_size: int = 256, backend: str = DEFAULT_BACKEND):
         check_corruption(corruption, severity)
         self.base, self.corruption, self.severity, self.seed = base, corruption, severity, seed
         self.backend = check_backend(backend)
@@ -113,8 +112,8 @@ class CorruptedDataset(torch.utils.data.Dataset):
                             f"{backend_fingerprint(backend)}")
         self.num_classes, self.image_size, self.class_names = base.num_classes, base.image_size, base.class_names
         self.upsampled = base.image_size is not None and base.image_size < MIN_SIDE
-        self.precomputed = precomputed  # (uint8 images, labels) made elsewhere, e.g. by a worker process
-        if precompute and precomputed is None:
+        self.precomputed = None
+        if precompute:
             chunks = [self._corrupt(torch.arange(start, min(start + chunk_size, len(base))))
                       for start in range(0, len(base), chunk_size)]
             self.precomputed = (torch.cat([(images * 255).round().to(torch.uint8) for images, _ in chunks]),

@@ -10,13 +10,12 @@ it); a torch-backend job has the backend and its version in its key, so the two 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 from ellbench.corruptions.imagenet_c import GeneratedImageNetC, file_hashes, imagenet_c_folder
 from ellbench.corruptions.images import CorruptedDataset, backend_settings, backend_version, content_hash
 from ellbench.corruptions.mce import summarize_corruptions
-from ellbench.corruptions.names import DEFAULT_BACKEND, check_backend, check_corruption
+from ellbench.corruptions.names import DEFAULT_BACKEND, check_backend
 from ellbench.corruptions.suite import CorruptionSuite
 from ellbench.data.folders import ImageFolderDataset
 from ellbench.errors import EllbenchError
@@ -56,38 +55,7 @@ def corrupted_datasets(suite: CorruptionSuite, **sources) -> dict[tuple[str, int
     sources.setdefault("backend", suite.backend)
     if isinstance(sources.get("clean"), ImageFolderDataset) and sources.get("imagenet_c") is None:
         sources.setdefault("source_hashes", file_hashes(sources["clean"].files))
-    entries = suite.entries()
-    if _in_memory_precompute(sources) and len(entries) > 1 and (os.cpu_count() or 1) > 1:
-        return _precompute_in_workers(entries, sources)
-    return {(c, s): corrupted_dataset(c, s, **sources) for c, s in entries}
-
-
-def _in_memory_precompute(sources: dict) -> bool:
-    clean = sources.get("clean")
-    return (bool(sources.get("precompute")) and sources.get("imagenet_c") is None and clean is not None
-            and not isinstance(clean, ImageFolderDataset))
-
-
-def _precompute_entry(clean, corruption: str, severity: int, seed: int, backend: str):
-    """Worker task: one entry's corrupted images (uint8) and labels."""
-    return CorruptedDataset(clean, corruption, severity, seed=seed, precompute=True, backend=backend).precomputed
-
-
-def _precompute_in_workers(entries, sources: dict) -> dict:
-    """Precompute in-memory entries over one process per core. Each image's corruption is seeded by its own pixels
-    and the seed (ellbench.corruptions.seeds), so the result is the same as in this process, entry by entry."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    from ellbench.corruptions.imagenet_c import _one_torch_thread, _worker_context
-
-    clean, seed, backend = sources["clean"], sources.get("seed", 0), sources["backend"]
-    for corruption, severity in entries:
-        check_corruption(corruption, severity)
-    with ProcessPoolExecutor(max_workers=min(len(entries), os.cpu_count() or 1), mp_context=_worker_context(),
-                             initializer=_one_torch_thread) as pool:
-        futures = {entry: pool.submit(_precompute_entry, clean, *entry, seed, backend) for entry in entries}
-        return {(c, s): CorruptedDataset(clean, c, s, seed=seed, backend=backend, precomputed=futures[c, s].result())
-                for c, s in entries}
+    return {(c, s): corrupted_dataset(c, s, **sources) for c, s in suite.entries()}
 
 
 def backend_record(backend: str, source: str) -> str:
