@@ -21,7 +21,7 @@ import time
 
 import timm
 import torch
-import torch.nn.functional as F
+from attention import make_pass  # benchmarks/attention.py: the same training step (forward, backward, AdamW)
 
 import ellbench.models  # noqa: F401  (registers ellbench's models with timm)
 from ellbench.demo import DEMO_MODELS, PRESETS
@@ -33,20 +33,11 @@ TRAIN_IMAGES = 60_000
 def step_function(name: str, patch: int, batch: int, precision: str, seed: int = 0):
     """One training step of `name` at 28 px, 10 classes, on fixed random images; returns a callable."""
     torch.manual_seed(seed)
-    model = timm.create_model(name, num_classes=10, img_size=28, patch_size=patch).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model = timm.create_model(name, num_classes=10, img_size=28, patch_size=patch)
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(batch, 3, 28, 28, generator=generator)
     labels = torch.randint(0, 10, (batch,), generator=generator)
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    return make_pass(model, images, labels, "train", amp=precision == "bf16")
 
 
 def main() -> None:
@@ -92,7 +83,7 @@ def main() -> None:
     for setting in settings:
         seconds = sum(study.epochs * TRAIN_IMAGES / median[(name, *setting)] for name in models)
         print(f"  patch {setting[0]}, batch {setting[1]}, {setting[2]}: {seconds / 60:.1f} min per seed, "
-              f"{3 * seconds / 60:.0f} min for 3 seeds")
+              f"{len(study.seeds) * seconds / 60:.0f} min for {len(study.seeds)} seeds")
 
 
 if __name__ == "__main__":
