@@ -1,8 +1,9 @@
 """Small-image training for the demo and the Fashion-MNIST study (not an ImageNet trainer).
 
 Every family gets the same budget: same epochs, batch size, optimiser (AdamW), schedule (linear warm-up then
-cosine), label smoothing and augmentation. A run is resumable: after every epoch the model, optimiser, schedule
-and RNG states go to `<checkpoint>.state.pt`; the final weights go to a `.safetensors` file with a JSON sidecar.
+cosine), label smoothing and augmentation. A run is resumable: after every epoch, and every minute within one, the
+model, optimiser, schedule and RNG states (within an epoch also its order and position) go to `<checkpoint>.state.pt`;
+the final weights go to a `.safetensors` file with a JSON sidecar.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -21,6 +23,9 @@ from ellbench.io import ProgressBar, atomic_path, atomic_write_text, ensure_writ
 from ellbench.models.loading import model_kwargs_for
 
 AUGMENTATIONS = ("none", "crop", "crop-flip")
+# Within an epoch the state file is rewritten at most this often (seconds of training), so an interrupted run loses at
+# most this much work; saving draws no random numbers, so the weights do not depend on it.
+STATE_EVERY_SECONDS = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +163,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
     start_epoch = 0
+    resumed: dict | None = None
 
     state_file = final.with_suffix(".state.pt")
     if state_file.is_file():
@@ -172,14 +178,39 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
                 module_generator.set_state(state["module_generators"][name])
             history = json.loads(state["history"])
             start_epoch = int(state["epoch"])
+            resumed = state
 
+    resume_order, resume_start, resume_sums = None, 0, (0.0, 0, 0)
+    if resumed is not None and resumed.get("start") and start_epoch < config.epochs:
+        resume_order, resume_start = resumed["order"], int(resumed["start"])
+        resume_sums = (float(resumed["loss_sum"]), int(resumed["correct"]), int(resumed["seen"]))
+
+    def save_state(epoch_done: int, order=None, start: int = 0, sums=(0.0, 0, 0)) -> None:
+        """Everything a re-run needs to continue bit for bit: after an epoch (start 0) or within one."""
+        with atomic_path(state_file) as tmp:
+            torch.save({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "history": json.dumps(history), "epoch": epoch_done,
+                "train": json.dumps(settings, sort_keys=True),
+                "module_generators": {name: g.get_state() for name, g in _module_generators(model).items()},
+                "order": order, "start": start, "loss_sum": sums[0], "correct": sums[1], "seen": sums[2],
+            }, tmp)
+
+    done_steps = start_epoch * steps_per_epoch + resume_start // config.batch_size
     with ProgressBar(f"train {config.model}", config.epochs * steps_per_epoch,
-                     completed=start_epoch * steps_per_epoch, unit="steps", enabled=progress) as bar:
+                     completed=done_steps, unit="steps", enabled=progress) as bar:
         for epoch in range(start_epoch, config.epochs):
             model.train()
-            order = torch.randperm(len(train_set), generator=generator)
-            loss_sum, correct, seen = 0.0, 0, 0
-            for start in range(0, len(train_set), config.batch_size):
+            if resume_order is not None:  # within an interrupted epoch: its order, position and running sums
+                order, first = resume_order, resume_start
+                loss_sum, correct, seen = resume_sums
+                resume_order = None
+            else:
+                order, first = torch.randperm(len(train_set), generator=generator), 0
+                loss_sum, correct, seen = 0.0, 0, 0
+            last_save = time.monotonic()
+            for start in range(first, len(train_set), config.batch_size):
                 images, labels = train_set.get_batch(order[start:start + config.batch_size])
                 images = _augment(images, config.augment, generator).to(device)
                 labels = labels.to(device)
@@ -195,17 +226,14 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
                 correct += int((logits.argmax(1) == labels).sum())
                 seen += len(labels)
                 bar.advance(info=f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f}")
+                following = start + config.batch_size
+                if following < len(train_set) and time.monotonic() - last_save >= STATE_EVERY_SECONDS:
+                    save_state(epoch, order, following, (loss_sum, correct, seen))
+                    last_save = time.monotonic()
             history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen})
             if eval_set is not None:
                 history[-1]["test_accuracy"] = _accuracy(model, eval_set, device)
-            with atomic_path(state_file) as tmp:
-                torch.save({
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(), "history": json.dumps(history), "epoch": epoch + 1,
-                    "train": json.dumps(settings, sort_keys=True),
-                    "module_generators": {name: g.get_state() for name, g in _module_generators(model).items()},
-                }, tmp)
+            save_state(epoch + 1)
 
     record = {
         "model": config.model, "model_kwargs": model_kwargs, "dataset": train_set.fingerprint,

@@ -234,6 +234,43 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch,
         assert torch.equal(ours[name], tensor), name
 
 
+@pytest.mark.parametrize("model", [MICRO, "mom_micro_patch4_32"])
+def test_training_interrupted_within_an_epoch_resumes_from_that_batch(tmp_path, monkeypatch, one_thread, model):
+    """With the state saved after every step, a failure in the middle of epoch 2 loses one step: the re-run trains
+    only the rest of that epoch (its order and running sums restored) and ends bitwise equal to an unbroken run."""
+    from safetensors.torch import load_file
+
+    import ellbench.train as training
+    from ellbench.train import TrainConfig, checkpoint_path, train
+
+    config = TrainConfig(model=model, dataset="digits", epochs=2, batch_size=8, limit=24, augment="crop")
+    unbroken = train(config, tmp_path / "unbroken", progress=False)  # default interval: no state within an epoch
+
+    real_augment, steps = training._augment, []
+
+    def augment_then_fail(images, kind, generator):
+        steps.append(len(images))
+        if len(steps) == 5:  # 24 examples / 8 per step: step 5 is the second of epoch 2
+            raise RuntimeError("power cut")
+        return real_augment(images, kind, generator)
+
+    monkeypatch.setattr(training, "STATE_EVERY_SECONDS", 0.0)
+    monkeypatch.setattr(training, "_augment", augment_then_fail)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(config, tmp_path / "broken", progress=False)
+    final = checkpoint_path(tmp_path / "broken", config)
+    state = torch.load(final.with_suffix(".state.pt"), weights_only=True)
+    assert (state["epoch"], state["start"], state["seen"]) == (1, 8, 8)
+
+    steps.clear()
+    resumed = train(config, tmp_path / "broken", progress=False)
+    assert steps == [8, 8]  # the last two steps of epoch 2
+    assert resumed["history"] == unbroken["history"]
+    ours, reference = load_file(str(final)), load_file(unbroken["checkpoint"])
+    for name, tensor in reference.items():
+        assert torch.equal(ours[name], tensor), name
+
+
 def test_train_patch_size_sets_the_token_grid_and_is_recorded(run_ellbench, tmp_path, one_thread):
     from ellbench.models.loading import load_model
     from ellbench.train import TrainConfig, train
