@@ -163,7 +163,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
     start_epoch = 0
-    resumed: dict | None = None
+    resume_order, resume_start, resume_sums = None, 0, (0.0, 0, 0)  # set when the state is from within an epoch
 
     state_file = final.with_suffix(".state.pt")
     if state_file.is_file():
@@ -178,12 +178,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
                 module_generator.set_state(state["module_generators"][name])
             history = json.loads(state["history"])
             start_epoch = int(state["epoch"])
-            resumed = state
-
-    resume_order, resume_start, resume_sums = None, 0, (0.0, 0, 0)
-    if resumed is not None and resumed.get("start") and start_epoch < config.epochs:
-        resume_order, resume_start = resumed["order"], int(resumed["start"])
-        resume_sums = (float(resumed["loss_sum"]), int(resumed["correct"]), int(resumed["seen"]))
+            if state.get("start"):
+                resume_order, resume_start = state["order"], int(state["start"])
+                resume_sums = (float(state["loss_sum"]), int(state["correct"]), int(state["seen"]))
 
     def save_state(epoch_done: int, order=None, start: int = 0, sums=(0.0, 0, 0)) -> None:
         """Everything a re-run needs to continue bit for bit: after an epoch (start 0) or within one."""

@@ -196,26 +196,33 @@ def test_train_writes_a_checkpoint_and_sidecar_and_reuses_them(run_ellbench, tmp
     assert sha256(checkpoint) == digest
 
 
+def _fail_at_step(monkeypatch, step: int) -> list[int]:
+    """Make training's augmentation raise at the given step (1-based); returns the list of batch sizes it saw."""
+    import ellbench.train as training
+
+    real_augment, steps = training._augment, []
+
+    def augment_then_fail(images, kind, generator):
+        steps.append(len(images))
+        if len(steps) == step:
+            raise RuntimeError("power cut")
+        return real_augment(images, kind, generator)
+
+    monkeypatch.setattr(training, "_augment", augment_then_fail)
+    return steps
+
+
 @pytest.mark.parametrize("model", [MICRO, "mom_micro_patch4_32"])  # MoM draws its subsets from its own generator
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch, one_thread, model):
     """Epoch 2 of 2 fails; the re-run restarts from the state file and ends bitwise equal to an unbroken run."""
     from safetensors.torch import load_file
 
-    import ellbench.train as training
     from ellbench.train import TrainConfig, checkpoint_path, train
 
     config = TrainConfig(model=model, dataset="digits", epochs=2, batch_size=8, limit=16, augment="crop")
     unbroken = train(config, tmp_path / "unbroken", progress=False)
 
-    real_augment, steps = training._augment, []
-
-    def augment_then_fail_in_epoch_2(images, kind, generator):
-        steps.append(len(images))
-        if len(steps) == 3:  # 16 examples / 8 per step: step 3 is the first of epoch 2
-            raise RuntimeError("power cut")
-        return real_augment(images, kind, generator)
-
-    monkeypatch.setattr(training, "_augment", augment_then_fail_in_epoch_2)
+    steps = _fail_at_step(monkeypatch, 3)  # 16 examples / 8 per step: step 3 is the first of epoch 2
     with pytest.raises(RuntimeError, match="power cut"):
         train(config, tmp_path / "broken", progress=False)
     final = checkpoint_path(tmp_path / "broken", config)
@@ -246,16 +253,8 @@ def test_training_interrupted_within_an_epoch_resumes_from_that_batch(tmp_path, 
     config = TrainConfig(model=model, dataset="digits", epochs=2, batch_size=8, limit=24, augment="crop")
     unbroken = train(config, tmp_path / "unbroken", progress=False)  # default interval: no state within an epoch
 
-    real_augment, steps = training._augment, []
-
-    def augment_then_fail(images, kind, generator):
-        steps.append(len(images))
-        if len(steps) == 5:  # 24 examples / 8 per step: step 5 is the second of epoch 2
-            raise RuntimeError("power cut")
-        return real_augment(images, kind, generator)
-
     monkeypatch.setattr(training, "STATE_EVERY_SECONDS", 0.0)
-    monkeypatch.setattr(training, "_augment", augment_then_fail)
+    steps = _fail_at_step(monkeypatch, 5)  # 24 examples / 8 per step: step 5 is the second of epoch 2
     with pytest.raises(RuntimeError, match="power cut"):
         train(config, tmp_path / "broken", progress=False)
     final = checkpoint_path(tmp_path / "broken", config)
