@@ -270,6 +270,36 @@ def test_training_interrupted_within_an_epoch_resumes_from_that_batch(tmp_path, 
         assert torch.equal(ours[name], tensor), name
 
 
+@pytest.mark.parametrize("model", [MICRO, "mom_micro_patch4_32"])
+def test_training_optimiser_is_bitwise_torch_adamw_per_tensor_loop(tmp_path, monkeypatch, one_thread, model):
+    """Training's AdamW runs foreach (faster on CPU); the weights must be bitwise those of torch's per-tensor loop, so
+    that results trained before the change stay valid. fused=True would change them: the check can tell."""
+    from safetensors.torch import load_file
+
+    import ellbench.train as training
+    from ellbench.train import TrainConfig, train
+
+    config = TrainConfig(model=model, dataset="digits", epochs=2, batch_size=8, limit=24, augment="crop")
+    ours = load_file(train(config, tmp_path / "ours", progress=False)["checkpoint"])
+    adamw = torch.optim.AdamW
+    trained = {}
+    for variant, options in (("loop", {"foreach": False}), ("fused", {"fused": True})):
+        calls = []
+
+        def make(params, _options=options, _calls=calls, **kwargs):
+            _calls.append(kwargs.pop("foreach", None))
+            return adamw(params, **kwargs, **_options)
+
+        monkeypatch.setattr(training.torch.optim, "AdamW", make)
+        trained[variant] = load_file(train(config, tmp_path / variant, progress=False)["checkpoint"])
+        assert calls == [True]  # train asked for foreach; the variant overrode it
+    monkeypatch.setattr(training.torch.optim, "AdamW", adamw)
+    assert ours.keys() == trained["loop"].keys()
+    for name, tensor in trained["loop"].items():
+        assert torch.equal(ours[name], tensor), name
+    assert any(not torch.equal(ours[name], tensor) for name, tensor in trained["fused"].items())
+
+
 def test_train_patch_size_sets_the_token_grid_and_is_recorded(run_ellbench, tmp_path, one_thread):
     from ellbench.models.loading import load_model
     from ellbench.train import TrainConfig, train
