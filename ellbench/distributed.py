@@ -15,6 +15,7 @@ torchrun a rank that dies is noticed at once: torchrun ends the other ranks of t
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 
@@ -74,7 +75,21 @@ def is_distributed() -> bool:
         if cuda and local_rank < torch.cuda.device_count():  # more processes than GPUs is fine for --device cpu
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend_for(cuda), timeout=timeout)
+        atexit.register(_leave_process_group)
     return True
+
+
+def _leave_process_group() -> None:
+    """At exit, shut the process group down before the interpreter does: a process that exits with gloo's threads
+    still running aborts in C++ ("terminate called without an active exception", exit -6) about one time in 15 on
+    2 cores, and torchrun then reports the job as failed. Leaving is local (no collective), so a dead peer cannot
+    make it wait."""
+    dist = _dist()
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001,S110  (exiting anyway; a failure to leave cleanly must not replace the result)
+            pass
 
 
 def rank() -> int:

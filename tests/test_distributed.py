@@ -68,6 +68,34 @@ def test_gloo_alone_without_cuda_and_the_timeout_comes_from_the_environment(laun
     assert distributed.local_device("cpu") == "cpu"
 
 
+def test_the_process_group_is_left_at_exit_and_a_failure_to_leave_is_silent(launched, monkeypatch):
+    """Exiting with gloo's threads alive aborted a rank now and then (exit -6, "terminate called without an active
+    exception": 3 of 40 two-rank runs before the exit hook, 0 of 40 after); so init registers a hook that leaves."""
+    import atexit
+
+    import torch.distributed as dist
+
+    hooks, destroyed = [], []
+    monkeypatch.setattr(atexit, "register", hooks.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.is_distributed()
+    assert len(launched["init"]) == 1 and len(hooks) == 1
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: destroyed.append(True))
+    hooks[0]()
+    assert destroyed == [True]
+
+    def broken():
+        raise RuntimeError("connection reset by a peer that died")
+
+    monkeypatch.setattr(dist, "destroy_process_group", broken)
+    hooks[0]()  # exiting anyway: no exception escapes the hook
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: destroyed.append("again"))
+    hooks[0]()  # already left (or never joined): nothing to do
+    assert destroyed == [True]
+
+
 def test_more_processes_than_gpus_leaves_the_gpu_unset(launched, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
