@@ -317,6 +317,26 @@ def test_suite_run_in_memory_is_stored_and_reused(tmp_path):
     assert [e["error"] for e in again["entries"]] == [e["error"] for e in summary["entries"]]
 
 
+def test_precomputing_over_worker_processes_gives_the_pixels_of_this_process():
+    """precompute_all spreads imagecorruptions over spawned processes (chunks of 16 here, so each entry is several
+    tasks); every image must be the one that corrupting lazily in this process gives, and torch entries ride along."""
+    from ellbench.data import open_dataset
+
+    digits = open_dataset("digits", limit=40)
+    entries = [("shot_noise", 3, "imagecorruptions"), ("glass_blur", 1, "imagecorruptions"),
+               ("contrast", 2, "imagecorruptions"), ("gaussian_noise", 2, "torch")]
+    pooled = [img.CorruptedDataset(digits, c, s, seed=3, chunk_size=16, backend=b) for c, s, b in entries]
+    img.precompute_all(pooled, workers=2)
+    everything = torch.arange(len(digits))
+    for (corruption, severity, backend), dataset in zip(entries, pooled, strict=True):
+        assert dataset.in_memory and dataset.precomputed[0].dtype == torch.uint8
+        lazy = img.CorruptedDataset(digits, corruption, severity, seed=3, backend=backend)
+        ours, theirs = dataset.get_batch(everything), lazy.get_batch(everything)
+        assert torch.equal(ours[0], theirs[0]), corruption
+        assert torch.equal(ours[1], theirs[1])
+    assert not torch.equal(pooled[0].get_batch(everything)[0], digits.get_batch(everything)[0])  # corrupted at all
+
+
 def test_suite_run_generated_from_a_clean_folder_gives_mce(clean_folder, tmp_path):
     from ellbench.data.folders import ImageFolderDataset
     from ellbench.store import Store

@@ -89,10 +89,20 @@ def corrupt_tensor(images: torch.Tensor, corruption: str, severity: int, *, seed
     """
     if check_backend(backend) == "torch":
         return torch_backend.corrupt_tensor(images, corruption, severity, seed=seed)
-    pixels = (images.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    corrupted, upsampled = _corrupt_pixels(_to_pixels(images), corruption, severity, seed)
+    out = torch.from_numpy(corrupted).permute(0, 3, 1, 2).float().div_(255.0)  # [B, 3, H, W]
+    return out.to(images.device), upsampled
+
+
+def _to_pixels(images: torch.Tensor) -> np.ndarray:
+    """Float [B, 3, H, W] in [0, 1] -> uint8 [B, H, W, 3], as imagecorruptions takes them."""
+    return (images.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _corrupt_pixels(pixels: np.ndarray, corruption: str, severity: int, seed: int) -> tuple[np.ndarray, bool]:
+    """imagecorruptions over a uint8 [B, H, W, 3] batch, image by image (also a worker task of precompute_all)."""
     results = [corrupt_image(np.ascontiguousarray(p), corruption, severity, seed=seed) for p in pixels]
-    out = torch.from_numpy(np.stack([r[0] for r in results])).permute(0, 3, 1, 2).float().div_(255.0)  # [B,3,H,W]
-    return out.to(images.device), any(r[1] for r in results)
+    return np.stack([r[0] for r in results]), any(r[1] for r in results)
 
 
 class CorruptedDataset(torch.utils.data.Dataset):
@@ -112,12 +122,18 @@ class CorruptedDataset(torch.utils.data.Dataset):
                             f"{backend_fingerprint(backend)}")
         self.num_classes, self.image_size, self.class_names = base.num_classes, base.image_size, base.class_names
         self.upsampled = base.image_size is not None and base.image_size < MIN_SIDE
-        self.precomputed = None
+        self.precomputed, self.chunk_size = None, chunk_size
         if precompute:
-            chunks = [self._corrupt(torch.arange(start, min(start + chunk_size, len(base))))
-                      for start in range(0, len(base), chunk_size)]
-            self.precomputed = (torch.cat([(images * 255).round().to(torch.uint8) for images, _ in chunks]),
-                                torch.cat([labels for _, labels in chunks]))
+            self._precompute_here()
+
+    def _precompute_here(self) -> None:
+        chunks = [self._corrupt(indices) for indices in self._chunks()]
+        self.precomputed = (torch.cat([(images * 255).round().to(torch.uint8) for images, _ in chunks]),
+                            torch.cat([labels for _, labels in chunks]))
+
+    def _chunks(self) -> list[torch.Tensor]:
+        return [torch.arange(start, min(start + self.chunk_size, len(self.base)))
+                for start in range(0, len(self.base), self.chunk_size)]
 
     def _corrupt(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = dataset_batch(self.base, indices)
@@ -141,3 +157,59 @@ class CorruptedDataset(torch.utils.data.Dataset):
             return self._corrupt(indices)
         images, labels = self.precomputed
         return images[indices].float().div_(255.0), labels[indices]
+
+
+# A process pool pays for its start (each worker is a fresh interpreter importing torch, a few seconds) only on
+# thousands of images; below this many, precompute_all corrupts them in this process.
+POOL_MIN_IMAGES = 4096
+
+
+def _one_torch_thread() -> None:
+    torch.set_num_threads(1)  # the workers are the parallelism
+
+
+def precompute_all(datasets: list[CorruptedDataset], *, workers: int | None = None) -> None:
+    """Precompute lazily built CorruptedDatasets (precompute=False) together, as precompute=True would, image for
+    image: imagecorruptions entries over `workers` processes (None: every core when there are at least
+    POOL_MIN_IMAGES images to corrupt, else this process; 0 or 1: this process). The pixels do not depend on the
+    worker count: each image's RNG is seeded from its own content. torch-backend entries run here, batched.
+
+    The workers are spawned, not forked: a fork of a process whose torch threads have run can hang.
+    """
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending = [d for d in datasets if d.precomputed is None]
+    pooled = [d for d in pending if d.backend == "imagecorruptions"]
+    if workers is None:
+        workers = (os.cpu_count() or 1) if sum(len(d) for d in pooled) >= POOL_MIN_IMAGES else 1
+    if max(1, workers) == 1:
+        pooled = []
+    for dataset in pending:
+        if dataset not in pooled:
+            dataset._precompute_here()
+    if not pooled:
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_torch_thread) as pool:
+        current = pooled[0]
+        try:
+            jobs = []
+            for current in pooled:
+                chunks = [dataset_batch(current.base, indices) for indices in current._chunks()]
+                jobs.append((current, [(pool.submit(_corrupt_pixels, _to_pixels(images), current.corruption,
+                                                    current.severity, current.seed), labels)
+                                       for images, labels in chunks]))
+            for current, chunks in jobs:
+                pixels = [torch.from_numpy(future.result()[0]).permute(0, 3, 1, 2) for future, _ in chunks]
+                current.precomputed = (torch.cat(pixels).contiguous(), torch.cat([labels for _, labels in chunks]))
+        except BaseException as error:
+            pool.shutdown(wait=True, cancel_futures=True)
+            if isinstance(error, BrokenProcessPool):
+                raise EllbenchError(f"a worker process died while corrupting {current.name}: {error}") from None
+            if isinstance(error, Exception) and not isinstance(error, EllbenchError):
+                first = (str(error).strip().splitlines() or [""])[0]
+                raise EllbenchError(f"corrupting {current.name} failed: {type(error).__name__}: {first}") from None
+            raise

@@ -13,7 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ellbench.corruptions.imagenet_c import GeneratedImageNetC, file_hashes, imagenet_c_folder
-from ellbench.corruptions.images import CorruptedDataset, backend_settings, backend_version, content_hash
+from ellbench.corruptions.images import (
+    CorruptedDataset,
+    backend_settings,
+    backend_version,
+    content_hash,
+    precompute_all,
+)
 from ellbench.corruptions.mce import summarize_corruptions
 from ellbench.corruptions.names import DEFAULT_BACKEND, check_backend
 from ellbench.corruptions.suite import CorruptionSuite
@@ -50,12 +56,20 @@ def corrupted_dataset(corruption: str, severity: int, *, clean=None, imagenet_c=
 
 def corrupted_datasets(suite: CorruptionSuite, **sources) -> dict[tuple[str, int], object]:
     """corrupted_dataset for every entry of a suite, to share between models (pass as run_corruption_suite's
-    `datasets`); keyword arguments as corrupted_dataset's, e.g. clean=..., precompute=True; the backend defaults to
-    the suite's."""
+    `datasets`); keyword arguments as corrupted_dataset's, e.g. clean=..., precompute=True (with `workers`
+    processes corrupting in-memory images: None, every core on enough images); the backend defaults to the suite's."""
     sources.setdefault("backend", suite.backend)
     if isinstance(sources.get("clean"), ImageFolderDataset) and sources.get("imagenet_c") is None:
         sources.setdefault("source_hashes", file_hashes(sources["clean"].files))
-    return {(c, s): corrupted_dataset(c, s, **sources) for c, s in suite.entries()}
+    if not sources.get("precompute") or sources.get("imagenet_c") is not None or \
+            isinstance(sources.get("clean"), ImageFolderDataset):
+        return {(c, s): corrupted_dataset(c, s, **sources) for c, s in suite.entries()}
+    # In-memory entries, precomputed together: imagecorruptions runs image by image on one core, so the suite's images
+    # are spread over `workers` processes (None: every core, on enough images).
+    workers = sources.pop("workers", None)
+    built = {(c, s): corrupted_dataset(c, s, **{**sources, "precompute": False}) for c, s in suite.entries()}
+    precompute_all(list(built.values()), workers=workers)
+    return built
 
 
 def backend_record(backend: str, source: str) -> str:
