@@ -84,6 +84,36 @@ def test_results_do_not_depend_on_batch_size_order_or_threads(photos):
         assert torch.equal(batched, reversed_order), corruption
 
 
+def test_cpu_batches_split_over_threads_give_the_op_parallel_result_and_restore_the_thread_count(photos, monkeypatch):
+    """With 2 torch threads a CPU batch is cut into 2 slices, each corrupted in its own thread with 1 torch thread;
+    the result must be the whole batch's under op-level parallelism, and the caller keeps its thread count."""
+    import threading
+
+    images = as_batch(photos[:5])  # an odd batch: slices of 2 and 3
+    here = tc._corrupt_batch_here
+    calls = []
+
+    def recording(batch, *args):
+        calls.append((len(batch), torch.get_num_threads(), threading.current_thread() is threading.main_thread()))
+        return here(batch, *args)
+
+    for corruption in ("glass_blur", "zoom_blur", "contrast", "shot_noise", "fog"):
+        seeds = tc.image_seeds(images, corruption, 4)
+        torch.set_num_threads(2)
+        whole = here(images, corruption, 4, seeds)  # one call, every op on 2 threads
+        monkeypatch.setattr(tc, "_corrupt_batch_here", recording)
+        calls.clear()
+        split = tc.corrupt_batch(images, corruption, 4, seeds)
+        monkeypatch.setattr(tc, "_corrupt_batch_here", here)
+        assert sorted(calls) == [(2, 1, False), (3, 1, False)], corruption
+        assert torch.get_num_threads() == 2
+        assert torch.equal(split, whole), corruption
+    monkeypatch.setattr(tc, "_corrupt_batch_here", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        tc.corrupt_batch(images, "contrast", 1, tc.image_seeds(images, "contrast", 1))
+    assert torch.get_num_threads() == 2  # restored after a failure too
+
+
 def test_odd_sizes_do_not_depend_on_batch_or_threads():
     """Non-square images whose rows are not a whole number of SIMD vectors (the tails take another code path)."""
     images = torch.nn.functional.interpolate(as_batch(sample_photographs(5, 64)), size=(45, 37), mode="area")
