@@ -26,7 +26,7 @@ from PIL import Image
 
 from ellbench.corruptions import torch_backend
 from ellbench.corruptions.compat import IMAGECORRUPTIONS_VERSION
-from ellbench.corruptions.images import backend_fingerprint, content_hash, corrupt_image
+from ellbench.corruptions.images import _one_torch_thread, backend_fingerprint, content_hash, corrupt_image
 from ellbench.corruptions.names import (
     ALL_CORRUPTIONS,
     CORRUPTION_GROUPS,
@@ -132,11 +132,6 @@ def _generate_into_cache(source: str, target: str, settings: GenerationSettings)
     with atomic_path(target) as partial:  # readers never see a half-written file
         partial.write_bytes(encoded)
     return upsampled
-
-
-def _one_torch_thread() -> None:
-    # Workers are the parallelism: torch threads in each would compete for the same cores.
-    torch.set_num_threads(1)
 
 
 def _worker_context():

@@ -165,7 +165,9 @@ POOL_MIN_IMAGES = 4096
 
 
 def _one_torch_thread() -> None:
-    torch.set_num_threads(1)  # the workers are the parallelism
+    """Pool initializer: the worker processes are the parallelism, so each keeps one torch thread (also used by
+    imagenet_c's generation pool)."""
+    torch.set_num_threads(1)
 
 
 def precompute_all(datasets: list[CorruptedDataset], *, workers: int | None = None) -> None:
