@@ -1,6 +1,8 @@
 """Tests of ellbench.profile against analytic counts, a hand parameter count and known sleep times."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -188,6 +190,16 @@ def test_cpu_memory_of_deit_repeats_exactly_and_holds_the_mlp_activations():
     assert first["model_memory_mib"] * MIB == 5_717_416 * 4
     # fc1's output and GELU's output [B, 197, 768] are alive together in every block's MLP.
     assert first["activation_memory_mib"] * MIB >= 2 * 2 * 197 * 768 * 4
+
+
+def test_measuring_cpu_memory_leaves_stderr_clean():
+    # torch's profiler (kineto) would print USDT lines and, without a GPU, an "ERROR:" line at every start.
+    script = ("import torch; from ellbench import profile; "
+              "profile.measure_cpu_memory(torch.nn.Linear(4, 4), torch.ones(2, 4), 'off'); print('measured')")
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "measured", done.stderr
+    assert "ERROR" not in done.stderr and "USDT" not in done.stderr, done.stderr
 
 
 def test_cpu_peak_rss_grows_with_batch_size_in_fresh_children():
