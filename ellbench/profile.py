@@ -413,11 +413,11 @@ def measure_cpu_memory(model: Callable, images: torch.Tensor, amp: str, weights:
     with torch.inference_mode():
         with _autocast(images.device, amp):
             model(images)
-        # A fresh autocast context, as in measure_cuda_memory: the low-precision copies of the weights that autocast
-        # caches within one context are made, and counted, during the profiled pass.
         # Kineto, under torch's profiler, logs to stderr at every start (USDT lines, and on a machine without a GPU an
         # "ERROR ... gpuGetDeviceCount failed" that is not one); level 6 is above all of them. A user's setting wins.
         os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+        # A fresh autocast context, as in measure_cuda_memory: the low-precision copies of the weights that autocast
+        # caches within one context are made, and counted, during the profiled pass.
         with torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             with _autocast(images.device, amp):
                 model(images)
