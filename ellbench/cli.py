@@ -242,6 +242,10 @@ def demo_command(
                                "deit, elliptical, rvt, rkde and mom micro)."),
     out: Path = typer.Option(None, help="Output folder for the store, checkpoints and report (default: reports/demo, "
                              "or reports/fashion-mnist for the study)."),
+    workers: int = typer.Option(None, help="Train and evaluate the models over N worker processes of one torch "
+                                "thread each (the same numbers for every N >= 1; the profile jobs run alone "
+                                "afterwards). 0: all in this process at torch's thread count. Default: the preset's "
+                                "(the study: one worker per usable core; the others: 0)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """The whole product offline, in minutes: train the five families on a built-in data set, attack, corrupt,
@@ -251,6 +255,8 @@ def demo_command(
 
     if epochs is not None:
         _positive(epochs, "--epochs")
+    if workers is not None and workers < 0:
+        raise EllbenchError(f"--workers must be 0 or more, got {workers}")
     for value, option in ((limit, "--limit"), (train_limit, "--train-limit"), (attack_limit, "--attack-limit"),
                           (patch_size, "--patch-size")):
         if value is not None:
@@ -271,7 +277,8 @@ def demo_command(
                  "attack_limit": attack_limit, "patch_size": patch_size,
                  "seeds": tuple(_parse_seeds(seeds)) if seeds else None,
                  "attack_suites": tuple(attack_suite) if attack_suite else None,
-                 "models": tuple(m.strip() for m in models.split(",") if m.strip()) if models else None}
+                 "models": tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
+                 "workers": workers}
     plan = dataclasses.replace(PRESETS[dataset], **{k: v for k, v in overrides.items() if v is not None})
     summary = run_demo(out_dir, plan, data_root=data_root, progress=not as_json)
     if as_json:

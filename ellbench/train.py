@@ -47,13 +47,17 @@ class TrainConfig:
     limit: int | None = None
     # Patch side (None: model_kwargs_for's rule, 2 below 16 px, else 4). The study uses 7 on 28 px Fashion-MNIST.
     patch_size: int | None = None
+    # torch threads while training (None: the process's setting). Recorded because the order of float sums, and so
+    # the weights' last bits, depend on it: the study trains at 1 thread per worker process.
+    threads: int | None = None
 
     def settings(self) -> dict:
-        """The settings as recorded in the sidecar and the job key (patch_size only when set, so records made before
-        it existed still match)."""
+        """The settings as recorded in the sidecar and the job key (patch_size and threads only when set, so records
+        made before they existed still match)."""
         settings = dataclasses.asdict(self)
-        if settings["patch_size"] is None:
-            del settings["patch_size"]
+        for optional in ("patch_size", "threads"):
+            if settings[optional] is None:
+                del settings[optional]
         return settings
 
     def validate(self) -> None:
@@ -67,6 +71,8 @@ class TrainConfig:
             raise EllbenchError("--weight-decay and --warmup-epochs must be >= 0 and --label-smoothing in [0, 1)")
         if self.patch_size is not None and self.patch_size <= 0:
             raise EllbenchError(f"--patch-size must be positive, got {self.patch_size}")
+        if self.threads is not None and self.threads <= 0:
+            raise EllbenchError(f"--threads must be positive, got {self.threads}")
         if self.augment not in AUGMENTATIONS:
             raise EllbenchError(f"unknown augmentation {self.augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
 
@@ -131,6 +137,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
 
     from ellbench.data import open_dataset
     from ellbench.models.factory import build_model
+    from ellbench.profile import torch_threads
 
     config.validate()
     train_set = open_dataset(config.dataset, "train", root=data_root, limit=config.limit)
@@ -198,7 +205,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_root: str | None = N
             }, tmp)
 
     done_steps = start_epoch * steps_per_epoch + resume_start // config.batch_size
-    with ProgressBar(f"train {config.model}", config.epochs * steps_per_epoch,
+    with torch_threads(config.threads), ProgressBar(f"train {config.model}", config.epochs * steps_per_epoch,
                      completed=done_steps, unit="steps", enabled=progress) as bar:
         for epoch in range(start_epoch, config.epochs):
             model.train()

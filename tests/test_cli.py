@@ -52,6 +52,7 @@ BAD_INPUT = [
     ("unknown demo data set", ["demo", "--dataset", "imagenet"], ["imagenet"], True),
     ("negative epochs", ["train", MICRO, "--epochs", "-1"], ["--epochs", "-1"], True),
     ("zero demo epochs", ["demo", "--epochs", "0", "--out", "{tmp}/demo"], ["--epochs"], True),
+    ("negative demo workers", ["demo", "--workers", "-1", "--out", "{tmp}/demo"], ["--workers"], True),
     ("epochs not a number", ["train", MICRO, "--epochs", "many"], ["--epochs"], True),
     ("bad seeds", ["train", MICRO, "--seeds", "1,x"], ["--seeds"], True),
     ("unwritable out", ["train", MICRO, "--epochs", "1", "--out", "{file}/sub"], ["not writable"], True),

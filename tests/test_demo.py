@@ -46,6 +46,7 @@ def test_study_command_regenerates_its_report(run_ellbench, tmp_path, tiny_fashi
 
     with open(out / "summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
+    rows_by_run = list(rows)
     # Every model once per seed, each with the study suite's 8 attack columns.
     from ellbench.attacks.suite import load_suite
     from ellbench.store import Store
@@ -115,6 +116,28 @@ def test_study_command_regenerates_its_report(run_ellbench, tmp_path, tiny_fashi
     jobs_after = {job["id"]: job["finished_utc"] for job in store.jobs() if job["task"] != "profile"}
     store.close()
     assert jobs_after == jobs_before
+
+    # The study trains and evaluates over worker processes of one torch thread each (one per core here), and the
+    # sidecar records the thread count. One worker instead of several gives the same bits: the same weights (so the
+    # same checkpoint id) and the same summary row.
+    assert all(json.loads((out / "checkpoints" / f"{m}-fashion-mnist-seed{s}.json").read_text())["train"]["threads"]
+               == 1 for m in MODELS for s in (0, 1))
+    alone = tmp_path / "alone"
+    single = run_ellbench("demo", "--dataset", "study", "--data-root", str(tiny_fashion_mnist), "--epochs", "1",
+                          "--seeds", "1", "--train-limit", "40", "--limit", "12", "--attack-limit", "8",
+                          "--out", str(alone), "--models", MODELS[1], "--workers", "1", timeout=900)
+    assert single.returncode == 0, single.stderr[-3000:]
+    with open(alone / "summary.csv", newline="") as handle:
+        (alone_row,) = list(csv.DictReader(handle))
+    (pooled_row,) = [r for r in rows_by_run if r["model"] == MODELS[1] and r["seed"] == "1"]
+    assert {k: v for k, v in alone_row.items() if k != "throughput_img_s"} == \
+        {k: v for k, v in pooled_row.items() if k != "throughput_img_s"}
+    ids = {}
+    for folder in (out, alone):
+        store = Store.in_folder(folder)
+        ids[folder] = {job["checkpoint"] for job in store.jobs(task="clean", model=MODELS[1], seed=1)}
+        store.close()
+    assert ids[out] == ids[alone]
 
 
 def test_demo_rejects_a_missing_data_set_without_writing(run_ellbench, tmp_path):
