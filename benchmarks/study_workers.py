@@ -6,7 +6,8 @@ epoch on the first 12,800 Fashion-MNIST training images at the study's settings 
 0.25), first in turn at `--threads` threads each, then side by side in two fresh processes at one thread each, and
 prints the wall times and their ratio (> 1: side by side is faster). It also prints each run's final loss: the thread
 count changes the order of float sums, so 1 and 2 threads give slightly different weights (why the study records its
-thread count and keeps it fixed). Rounds alternate nothing else; run it on an idle machine (check `uptime`).
+thread count and keeps it fixed). Within a round the in-turn pair always runs first; run it on an idle machine
+(check `uptime`).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/study_workers.py
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/study_workers.py --models deit_micro_patch4_32 rvt_micro_32 --rounds 3

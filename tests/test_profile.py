@@ -181,7 +181,7 @@ class _Bf16Linear(nn.Module):
         self.bias = nn.Parameter(layer.bias.detach().to(torch.bfloat16), requires_grad=False)
 
     def forward(self, x):
-        return nn.functional.linear(x.to(torch.bfloat16), self.weight, self.bias)
+        return nn.functional.linear(x, self.weight, self.bias)
 
 
 def test_cpu_memory_counts_autocast_copies_by_hand():
