@@ -5,6 +5,10 @@ an AdamW step on random labels, as `ellbench train` and the demo run). All model
 run, interleaved pass by pass with the order rotated, so machine load hits them alike. Images per second are medians
 over the repeats; each ratio is the median over repeats of the two models' speed ratio within the repeat, so that
 load which drifts between repeats cancels. The ratios are what this benchmark claims, not the images per second.
+Beside each ratio is a distribution-free 95% confidence interval of that median (order statistics, which assume
+independent repeats and nothing about their distribution). On a shared 2-core VM single passes of the same model
+vary by 10-20% (1 thread, CPU clock included), so ratios near a target need many repeats: the interval says how
+many were enough.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention.py                      # CPU, batch 32, 224 px, forward
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention.py --mode train --sizes tiny small
@@ -35,6 +39,7 @@ import time
 import timm
 import torch
 import torch.nn.functional as F
+from scipy.stats import quantile_test
 
 import ellbench.models  # noqa: F401  (registers ellbench's models with timm)
 from ellbench.malloc import steady_malloc
@@ -116,7 +121,23 @@ def measure(steps: dict, device, repeats: int, warmup: int, clock) -> dict:
 
 def paired_speed_ratio(samples: dict, faster: str, slower: str) -> float:
     """Median over repeats of slower's seconds / faster's seconds in the same repeat: load that drifts cancels."""
-    return statistics.median(b / a for (a, _), (b, _) in zip(samples[faster], samples[slower], strict=True))
+    return statistics.median(paired_ratios(samples, faster, slower))
+
+
+def paired_ratios(samples: dict, faster: str, slower: str) -> list[float]:
+    """slower's seconds / faster's seconds, repeat by repeat (faster's speed relative to slower's)."""
+    return [b / a for (a, _), (b, _) in zip(samples[faster], samples[slower], strict=True)]
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median (order statistics; scipy.stats.quantile_test).
+
+    It assumes only that the repeats are independent draws, not that they are normal: pass times on a shared CPU
+    have long slow tails. With fewer than 6 values no 95% interval exists and both ends are nan.
+    """
+    median = statistics.median(values)
+    interval = quantile_test(values, q=median, p=0.5).confidence_interval(confidence)
+    return float(interval.low), float(interval.high)
 
 
 def build(name: str, device, **kwargs):
@@ -124,7 +145,7 @@ def build(name: str, device, **kwargs):
 
 
 def run(sizes, batch: int, img_size: int | None, repeats: int, warmup: int, device: torch.device, amp: bool,
-        clock=time.perf_counter, variants=None, mode: str = "forward") -> list[dict]:
+        clock=time.perf_counter, variants=None, mode: str = "forward", with_reference: bool = True) -> list[dict]:
     """Time every row of ROWS (or those in `variants`) at each size; print and return one dict per row."""
     results = []
     for size in sizes:
@@ -141,20 +162,30 @@ def run(sizes, batch: int, img_size: int | None, repeats: int, warmup: int, devi
             name = template.format(size=size, **SIZES[size])
             kwargs = {} if img_size is None else {"img_size": img_size}
             models = {"deit": build(deit_name, device, **kwargs), "fused": build(name, device, **kwargs)}
-            if reference_kwargs is not None:
+            if reference_kwargs is not None and with_reference:
                 models["reference"] = build(name, device, **kwargs, **reference_kwargs)
             steps = {key: make_pass(model, images, labels, mode, amp) for key, model in models.items()}
             samples = measure(steps, device, repeats, warmup, clock)
             row = dict(label=label, size=size, name=name, mode=mode)
             row |= {key: batch / statistics.median(s for s, _ in values) for key, values in samples.items()}
             row |= {f"{key}_faults": statistics.median(f for _, f in values) for key, values in samples.items()}
-            row["fused_vs_deit"] = paired_speed_ratio(samples, "fused", "deit")
-            if "reference" in samples:
-                row["fused_vs_reference"] = paired_speed_ratio(samples, "fused", "reference")
+            for key, baseline in (("fused_vs_deit", "deit"), ("fused_vs_reference", "reference")):
+                if baseline in samples:
+                    ratios = paired_ratios(samples, "fused", baseline)
+                    row[key] = statistics.median(ratios)
+                    row[key + "_ci"] = median_interval(ratios)
             results.append(row)
             print(format_row(results[-1]), flush=True)
             del models, steps
     return results
+
+
+def format_ratio(row: dict, key: str) -> str:
+    """The median paired ratio and its 95% interval, or '-' where the row has no such ratio."""
+    if key not in row:
+        return "-"
+    low, high = row[key + "_ci"]
+    return f"{row[key]:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def format_row(row: dict) -> str:
@@ -162,8 +193,8 @@ def format_row(row: dict) -> str:
     faults = " / ".join(f"{row[key + '_faults']:.0f}" for key in ("deit", "fused", "reference") if key in row)
     cells = [
         row["label"], row["size"], row["mode"], f"{row['deit']:.1f}", f"{row['fused']:.1f}",
-        f"{row['fused_vs_deit']:.3f}", f"{reference:.1f}" if reference else "-",
-        f"{row['fused_vs_reference']:.3f}" if reference else "-", faults,
+        format_ratio(row, "fused_vs_deit"), f"{reference:.1f}" if reference else "-",
+        format_ratio(row, "fused_vs_reference"), faults,
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -178,6 +209,8 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=None, help="default: the models' own (224 px; micro 32)")
     parser.add_argument("--repeats", type=int, default=7, help="timed passes per model (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the explicit-reference models (only variant vs DeiT; a third less time)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--clock", choices=CLOCKS, default="wall", help="wall time, or this process's CPU time")
@@ -195,12 +228,12 @@ def main() -> None:
           f"threads {torch.get_num_threads()}, batch {args.batch}, {args.img_size or 'native'} px, "
           f"{'bfloat16 autocast' if args.amp else 'float32'}, {args.clock} clock, {args.malloc} malloc, "
           f"median of {args.repeats} interleaved repeats")
-    print("| variant | size | mode | DeiT img/s | variant img/s | variant / DeiT | reference img/s | "
-          "fused / reference | page faults per pass: DeiT / variant / reference |")
+    print("| variant | size | mode | DeiT img/s | variant img/s | variant / DeiT [95% CI] | reference img/s | "
+          "fused / reference [95% CI] | page faults per pass: DeiT / variant / reference |")
     print("|---|---|---|---|---|---|---|---|---|")
     for mode in args.mode:
         run(args.sizes, args.batch, args.img_size, args.repeats, args.warmup, device, args.amp, CLOCKS[args.clock],
-            args.variants, mode)
+            args.variants, mode, not args.no_reference)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ qkv tensor as in the model, m in [0, 1]. Medians of interleaved repeats, inferen
 path can save in a whole forward pass: 11 elliptical blocks times the per-block difference.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention_kernel.py --repeats 15
+
+By default glibc's trim and mmap thresholds are fixed first (`--malloc steady`, as in benchmarks/attention.py), so that
+the reference path's [B, H, N, N] score tensors are not faulted in afresh on every call, as they are not inside a
+model run by attention.py; `--malloc default` leaves glibc as it is (the reference then pays page faults per call).
 """
 
 import argparse
@@ -15,6 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ellbench.malloc import steady_malloc
 from ellbench.models.elliptical import elliptical_attention
 
 HEADS = {"tiny": 3, "small": 6, "base": 12}
@@ -25,12 +30,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--malloc", choices=("steady", "default"), default="steady",
+                        help="steady: fix glibc's trim and mmap thresholds; default: glibc's own")
     args = parser.parse_args()
+    if args.malloc == "steady" and not steady_malloc():
+        parser.error("--malloc steady needs glibc's mallopt, which this C library does not have")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, N 197, D_h 64, "
-          f"median of {args.repeats} interleaved repeats, ms per call")
+          f"{args.malloc} malloc, median of {args.repeats} interleaved repeats, ms per call")
     print("| size | heads | SDPA (DeiT) | Elliptical fused | Elliptical reference | reference / fused |")
     print("|---|---|---|---|---|---|")
     for size, heads in HEADS.items():
