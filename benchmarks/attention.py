@@ -39,11 +39,11 @@ import time
 import timm
 import torch
 import torch.nn.functional as F
-from scipy.stats import quantile_test
 
 import ellbench.models  # noqa: F401  (registers ellbench's models with timm)
 from ellbench.malloc import steady_malloc
 from ellbench.profile import device_name
+from ellbench.stats import median_interval
 
 # One entry per variant: (label, model name template, kwargs that select its explicit reference attention path,
 # or None when the model has no separate reference path). Its baseline is DeiT's template at the same size.
@@ -127,17 +127,6 @@ def paired_speed_ratio(samples: dict, faster: str, slower: str) -> float:
 def paired_ratios(samples: dict, faster: str, slower: str) -> list[float]:
     """slower's seconds / faster's seconds, repeat by repeat (faster's speed relative to slower's)."""
     return [b / a for (a, _), (b, _) in zip(samples[faster], samples[slower], strict=True)]
-
-
-def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Distribution-free confidence interval of the median (order statistics; scipy.stats.quantile_test).
-
-    It assumes only that the repeats are independent draws, not that they are normal: pass times on a shared CPU
-    have long slow tails. With fewer than 6 values no 95% interval exists and both ends are nan.
-    """
-    median = statistics.median(values)
-    interval = quantile_test(values, q=median, p=0.5).confidence_interval(confidence)
-    return float(interval.low), float(interval.high)
 
 
 def build(name: str, device, **kwargs):

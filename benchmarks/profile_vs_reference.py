@@ -27,6 +27,7 @@ import torch
 
 from ellbench.malloc import steady_malloc
 from ellbench.profile import device_name, profile_model
+from ellbench.stats import median_interval
 
 
 def timm_style_throughput(name: str, batch_size: int, img_size: int, warmup: int, steps: int) -> float:
@@ -95,6 +96,8 @@ def profile_pair_alternating(size: str, args) -> dict[str, dict]:
         result["params"] = result["params"] / 1e6
     paired = [ours / theirs for ours, theirs in zip(runs["elliptical"], runs["deit"], strict=True)]
     results["elliptical"]["paired_throughput_change_pct"] = 100.0 * (statistics.median(paired) - 1.0)
+    low, high = median_interval(paired)
+    results["elliptical"]["paired_throughput_change_ci"] = (100.0 * (low - 1.0), 100.0 * (high - 1.0))
     return results
 
 
@@ -111,11 +114,15 @@ def table_11(args) -> None:
             cells = " | ".join(fmt.format(result[key]) for key, _, fmt in metrics)
             print(f"| {size} | {result['model']} | {cells} | {result['fused_attention']} |")
         # Throughput change: median of the per-round ratios, which cancels load that drifts between rounds.
-        changes = f"{rows['elliptical']['paired_throughput_change_pct']:+.1f}% | " + " | ".join(
+        low, high = rows["elliptical"]["paired_throughput_change_ci"]
+        change = rows["elliptical"]["paired_throughput_change_pct"]
+        changes = f"{change:+.1f}% [{low:+.1f}, {high:+.1f}] | " + " | ".join(
             percent_change(rows["elliptical"][key], rows["deit"][key]) for key, _, _ in metrics[1:]
         )
         print(f"| {size} | Elliptical vs DeiT | {changes} | |")
-    print(f"\nFLOPs: {rows['deit']['flops_counting']}.")
+    print("\nThroughput change: median of the per-round paired ratios, with its distribution-free 95% interval "
+          "(order statistics; nan with fewer than 6 rounds).")
+    print(f"FLOPs: {rows['deit']['flops_counting']}.")
     print(f"Memory: {rows['deit']['memory_method']}.")
 
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest, false_discovery_control
+from scipy.stats import binomtest, false_discovery_control, quantile_test
 
 from ellbench.errors import EllbenchError
 
@@ -196,6 +196,21 @@ def summarize_seeds(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFr
         raise EllbenchError(f"cannot summarise seeds: no column(s) {', '.join(sorted(missing))}")
     grouped = frame.groupby(by, sort=True, dropna=False)[value]
     return grouped.agg(mean="mean", std="std", n="count").reset_index()
+
+
+def median_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median of `values` (order statistics; scipy's quantile_test).
+
+    [x_(j), x_(n+1-j)] of the sorted values, with j the largest rank whose binomial(n, 1/2) coverage still reaches
+    `confidence`. It assumes only independent draws, nothing about their distribution, which suits timings: passes on a
+    shared CPU have long slow tails. With too few values for the confidence asked (fewer than 6 at 95%), both ends are
+    nan.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or values.size == 0:
+        raise EllbenchError("median_interval needs a non-empty 1-D sequence of numbers")
+    interval = quantile_test(values, q=float(np.median(values)), p=0.5).confidence_interval(confidence)
+    return float(interval.low), float(interval.high)
 
 
 def bh_q_values(p_values) -> np.ndarray:

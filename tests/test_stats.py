@@ -14,6 +14,7 @@ from ellbench.stats import (
     compare_paired_by,
     mcnemar_exact,
     mcnemar_p_value,
+    median_interval,
     paired_bootstrap_ci,
     summarize_seeds,
 )
@@ -186,3 +187,19 @@ def test_bh_q_values_hand_worked():
     assert bh_q_values([]).size == 0
     with pytest.raises(EllbenchError, match="in \\[0, 1\\]"):
         bh_q_values([0.5, 1.5])
+
+
+def test_median_interval_hand_worked_order_statistics():
+    # n = 21: P(Binomial(21, 1/2) <= 5) = 27896 / 2^21 = 0.0133 and P(<= 6) = 82160 / 2^21 = 0.0392. The interval
+    # [x_(j), x_(22-j)] misses the median with probability 2 P(B <= j - 1): j = 6 gives 0.027 (coverage 0.973), j = 7
+    # would give 0.078 (coverage 0.922 < 0.95), so the interval is [x_(6), x_(16)].
+    values = np.random.default_rng(3).permutation(np.arange(1.0, 22.0)) / 10  # 0.1 .. 2.1, shuffled
+    assert median_interval(values) == pytest.approx((0.6, 1.6))
+    # n = 7: j = 1 covers 1 - 2 / 128 = 0.984, j = 2 only 1 - 2 * 8 / 128 = 0.875, so the whole range.
+    assert median_interval([5.0, 1.0, 4.0, 2.0, 7.0, 3.0, 6.0]) == pytest.approx((1.0, 7.0))
+    # At 80% the n = 7 interval narrows to j = 2: coverage 0.875 >= 0.8.
+    assert median_interval([5.0, 1.0, 4.0, 2.0, 7.0, 3.0, 6.0], confidence=0.8) == pytest.approx((2.0, 6.0))
+    # n = 5: even the whole range covers only 1 - 2 / 32 = 0.9375 < 0.95, so no interval exists.
+    assert all(np.isnan(end) for end in median_interval([1.0, 2.0, 3.0, 4.0, 5.0]))
+    with pytest.raises(EllbenchError, match="non-empty"):
+        median_interval([])
