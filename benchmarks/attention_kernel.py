@@ -2,7 +2,10 @@
 
 Shapes of DeiT tiny/small/base at 224 px (N = 197 tokens, D_h = 64, 3/6/12 heads), q, k, v as strided views of one
 qkv tensor as in the model, m in [0, 1]. Medians of interleaved repeats, inference mode. It bounds what the fused
-path can save in a whole forward pass: 11 elliptical blocks times the per-block difference.
+path can save in a whole forward pass: 11 elliptical blocks times the per-block difference. The column "estimate m"
+times `coordinate_relevance` (|v_l - v_(l-1)| averaged over tokens, normalised) on two such value views: with
+"Elliptical fused" minus "SDPA" (scaling q, and the kernel taking a contiguous q beside strided k and v) it is what
+an elliptical block costs beyond DeiT's.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention_kernel.py --repeats 15
 
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ellbench.malloc import steady_malloc
-from ellbench.models.elliptical import elliptical_attention
+from ellbench.models.elliptical import coordinate_relevance, elliptical_attention
 
 HEADS = {"tiny": 3, "small": 6, "base": 12}
 
@@ -40,15 +43,17 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, N 197, D_h 64, "
           f"{args.malloc} malloc, median of {args.repeats} interleaved repeats, ms per call")
-    print("| size | heads | SDPA (DeiT) | Elliptical fused | Elliptical reference | reference / fused |")
-    print("|---|---|---|---|---|---|")
+    print("| size | heads | SDPA (DeiT) | Elliptical fused | Elliptical reference | reference / fused | estimate m |")
+    print("|---|---|---|---|---|---|---|")
     for size, heads in HEADS.items():
         qkv = torch.randn(args.batch, 197, 3, heads, 64).permute(2, 0, 3, 1, 4)  # [3, B, H, N, D_h]
         q, k, v = qkv.unbind(0)
+        previous_values = torch.randn(args.batch, 197, 3, heads, 64).permute(2, 0, 3, 1, 4)[2]
         m = torch.rand(args.batch, heads, 64)
         calls = {"sdpa": functools.partial(F.scaled_dot_product_attention, q, k, v),
                  "fused": functools.partial(elliptical_attention, q, k, v, m, fused=True),
-                 "reference": functools.partial(elliptical_attention, q, k, v, m, fused=False)}
+                 "reference": functools.partial(elliptical_attention, q, k, v, m, fused=False),
+                 "estimate": functools.partial(coordinate_relevance, v, previous_values)}
         times = {name: [] for name in calls}
         with torch.inference_mode():
             for call in calls.values():
@@ -60,7 +65,7 @@ def main() -> None:
                     times[name].append(1e3 * (time.perf_counter() - start))
         ms = {name: statistics.median(values) for name, values in times.items()}
         print(f"| {size} | {heads} | {ms['sdpa']:.2f} | {ms['fused']:.2f} | {ms['reference']:.2f} | "
-              f"{ms['reference'] / ms['fused']:.2f} |")
+              f"{ms['reference'] / ms['fused']:.2f} | {ms['estimate']:.2f} |")
 
 
 if __name__ == "__main__":
