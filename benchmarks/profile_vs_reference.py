@@ -70,8 +70,10 @@ def compare_with_reference(args) -> None:
     for label, runs in (("ellbench profile_model", ours), ("timm-style loop", reference)):
         print(f"| {label} | {' '.join(f'{value:.1f}' for value in runs)} | {statistics.median(runs):.1f} |")
     paired = [mine / theirs for mine, theirs in zip(ours, reference, strict=True)]
+    low, high = median_interval(paired)
     print(f"\nratio ellbench / timm-style, median of per-round ratios = {statistics.median(paired):.3f} "
-          f"(target 0.95-1.05; ratio of medians {statistics.median(ours) / statistics.median(reference):.3f})\n")
+          f"[95% CI {low:.3f}, {high:.3f}] (target 0.95-1.05; ratio of medians "
+          f"{statistics.median(ours) / statistics.median(reference):.3f})\n")
 
 
 def percent_change(new: float, old: float) -> str:
