@@ -119,13 +119,11 @@ def measure(steps: dict, device, repeats: int, warmup: int, clock) -> dict:
     return samples
 
 
-def paired_speed_ratio(samples: dict, faster: str, slower: str) -> float:
-    """Median over repeats of slower's seconds / faster's seconds in the same repeat: load that drifts cancels."""
-    return statistics.median(paired_ratios(samples, faster, slower))
-
-
 def paired_ratios(samples: dict, faster: str, slower: str) -> list[float]:
-    """slower's seconds / faster's seconds, repeat by repeat (faster's speed relative to slower's)."""
+    """slower's seconds / faster's seconds, repeat by repeat (faster's speed relative to slower's).
+
+    Their median is the ratio this benchmark reports: load that drifts between repeats cancels within a pair.
+    """
     return [b / a for (a, _), (b, _) in zip(samples[faster], samples[slower], strict=True)]
 
 

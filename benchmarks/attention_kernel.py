@@ -4,7 +4,7 @@ Shapes of DeiT tiny/small/base at 224 px (N = 197 tokens, D_h = 64, 3/6/12 heads
 qkv tensor as in the model, m in [0, 1]. Medians of interleaved repeats, inference mode. It bounds what the fused
 path can save in a whole forward pass: 11 elliptical blocks times the per-block difference. The column "estimate m"
 times `coordinate_relevance` (|v_l - v_(l-1)| averaged over tokens, normalised) on two such value views: with
-"Elliptical fused" minus "SDPA" (scaling q, and the kernel taking a contiguous q beside strided k and v) it is what
+"Elliptical fused" minus "SDPA" (scaling q, and the kernel taking that fresh dense q beside strided k and v) it is what
 an elliptical block costs beyond DeiT's.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/attention_kernel.py --repeats 15
